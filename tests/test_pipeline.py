@@ -25,17 +25,50 @@ def finished_run(tmp_path_factory):
 
 def test_outputs(finished_run):
     folder, _ = finished_run
-    for name in ("catalogue.fits", "models.yaml", "models.xml", "seeds.fits", "seeds.reg", "validation.json",
-                 "run.log", "config.yaml", "significance_postev_r0.1.png", "maps/significance_subtev_r0.2.fits",
-                 "maps/index_postev.fits"):
+    for name in ("catalogue.fits", "catalogue.reg", "models.yaml", "models.xml", "initial_models.yaml",
+                 "fit_results.ecsv", "seeds.fits", "seeds.reg", "validation.json", "validation_matches.ecsv",
+                 "run.log", "config.yaml", "significance_postev_r0.1.png", "residual_postev_r0.2.png",
+                 "maps/significance_subtev_r0.2.fits", "maps/residual_subtev_r0.1.fits", "maps/index_postev.fits"):
         assert (folder / name).is_file(), name
     state = json.loads((folder / "state.json").read_text())
     assert state["done"] == list(STAGES)
     models = read_catalog(folder / "catalogue.fits")
     assert len(models) == len(Models.read(folder / "models.yaml")) > 0
     report = json.loads((folder / "validation.json").read_text())
-    assert report["n_seeds"] == len(models)
+    assert report["catalogue"]["n_sources"] == len(models)
+    assert report["seeds"]["n_seeds"] >= len(models)
     assert report["n_true_sources"] >= 1
+
+
+def test_group_fits_move_sources_towards_truth(finished_run):
+    """The fitted catalogue is closer to the true positions than the initial seed models."""
+    import numpy as np
+    from astropy.table import Table
+
+    from gpsfast.pipeline.modelling import match_catalogue
+
+    folder, _ = finished_run
+    fits = Table.read(folder / "fit_results.ecsv")
+    assert len(fits) >= 1 and fits["success"].all()
+    sources = Table.read(folder / "validation_sources.ecsv")
+    bright = list(sources["name"][sources["expected_sqrt_ts"] >= 5])
+    truth = Models([m for m in Models.read(folder / "datasets" / "true_models.yaml") if m.name in bright])
+    fitted = match_catalogue(truth, Models.read(folder / "models.yaml"))
+    initial = match_catalogue(truth, Models.read(folder / "initial_models.yaml"))
+    assert len(fitted) == len(bright) >= 1
+    assert np.median(fitted["separation"]) < np.median(initial["separation"])
+
+
+def test_residual_maps_flatter_than_significance(finished_run):
+    """Subtracting the catalogue's models removes the significant excess."""
+    import numpy as np
+    from gammapy.estimators import FluxMaps
+
+    folder, _ = finished_run
+    raw = FluxMaps.read(folder / "maps" / "significance_postev_r0.1.fits")["sqrt_ts"].data
+    residual = FluxMaps.read(folder / "maps" / "residual_postev_r0.1.fits")["sqrt_ts"].data
+    assert np.nanmax(raw) > 8
+    assert np.nanmax(np.abs(residual)) < 0.5 * np.nanmax(raw)
 
 
 def test_seed_fluxes_close_to_truth(finished_run):

@@ -64,6 +64,19 @@ class SpectraConfig(_Section):
     min_seed_radius: float = Field(0.1, gt=0, description="Smallest extraction radius (deg).")
 
 
+class FitConfig(_Section):
+    """Initial seed models and group fits (GeneralizedGaussian + LogParabola per kept seed)."""
+
+    enabled: bool = Field(True, description="Fit the seed models by groups (false: catalogue of initial models).")
+    min_separation: float = Field(0.2, gt=0, description="Seeds closer than this to a stronger one are merged (deg).")
+    position_range: float = Field(0.2, gt=0, description="Fitted positions stay within this of the seed (deg).")
+    free_beta: bool = Field(False, description="Fit the LogParabola curvature (else a power law).")
+    release_shape: bool = Field(False, description="Fit eta, e and phi of each group's main source.")
+    max_group_size: int = Field(4, ge=1, description="Largest number of sources fitted together.")
+    margin: float = Field(0.3, ge=0, description="Cutout margin around a group's sources (deg).")
+    max_iterations: int = Field(1, ge=1, description="Passes over the groups (each starts from the last).")
+
+
 class ParallelConfig(_Section):
     """Parallel backend for the stages that use one."""
 
@@ -80,6 +93,7 @@ class PipelineConfig(_Section):
     seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     association: AssociationConfig = Field(default_factory=AssociationConfig)
     spectra: SpectraConfig = Field(default_factory=SpectraConfig)
+    fit: FitConfig = Field(default_factory=FitConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     output: Path = Path("gpsfast-out")
 

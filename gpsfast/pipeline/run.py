@@ -1,4 +1,5 @@
-"""The survey pipeline: datasets -> significance maps -> seeds -> association -> spectra -> catalogue.
+"""The survey pipeline: datasets -> significance maps -> seeds -> association -> spectra -> seed models
+-> group fits -> catalogue -> residual maps -> validation -> plots.
 
 Each stage writes its outputs into the output folder and records itself in
 ``state.json`` with a hash of the configuration. A re-run with the same
@@ -18,26 +19,27 @@ from astropy.table import Table
 from gammapy.datasets import Datasets, MapDataset
 from gammapy.estimators import FluxMaps
 from gammapy.maps import Map
-from gammapy.modeling.models import (
-    GeneralizedGaussianSpatialModel,
-    LogParabolaSpectralModel,
-    Models,
-    SkyModel,
-)
+from gammapy.modeling.models import Models
 
 from ..detect import SeedCatalog, associate, find_seeds, significance_maps
 from ..errors import InputError
-from ..models import read_catalog, read_xml, write_catalog, write_xml
+from ..fit import fast_irfs
+from ..groups import fit_groups
+from ..models import accelerate_models, read_catalog, read_xml, write_catalog, write_xml
 from ..simulate import make_survey, read_survey, sources_table, write_survey
 from ..spectra import IndexMapEstimator, extract_spectra_table
 from ..utils import check_writable_dir, write_text_atomic
 from .config import PipelineConfig
+from .modelling import accelerated_fit, match_catalogue, seed_amplitude, seed_models, select_seeds
 
 __all__ = ["run_pipeline", "STAGES"]
 
 log = logging.getLogger(__name__)
 
-STAGES = ("datasets", "significance", "seeds", "association", "spectra", "catalogue", "validation", "plots")
+STAGES = (
+    "datasets", "significance", "seeds", "association", "spectra", "models", "fit", "catalogue", "residual",
+    "validation", "plots",
+)
 
 
 class _State:
@@ -99,6 +101,9 @@ class _Run:
 
     def seeds(self):
         return SeedCatalog.read(self.folder / "seeds.fits")
+
+    def models(self, filename):
+        return Models.read(self.folder / filename)
 
 
 def _stage_datasets(run):
@@ -201,50 +206,94 @@ def _inside_map(dataset, regions):
     return (x - radius >= 0) & (y - radius >= 0) & (x + radius <= nx - 1) & (y + radius <= ny - 1)
 
 
-def _seed_model(row, index, amplitude):
-    spatial = GeneralizedGaussianSpatialModel(
-        lon_0=row["glon"] * u.deg, lat_0=row["glat"] * u.deg, r_0=max(0.5 * row["radius"], 0.02) * u.deg,
-        eta=0.5, e=0, phi=0 * u.deg, frame="galactic",
-    )
-    spectral = LogParabolaSpectralModel(amplitude=amplitude * u.Unit("cm-2 s-1 TeV-1"), alpha=index, beta=0.1,
-                                        reference=1 * u.TeV)
-    return SkyModel(spatial_model=spatial, spectral_model=spectral, name=str(row["name"]))
+def _stage_models(run):
+    """Initial GeneralizedGaussian + LogParabola models of the kept seeds, bounded around them."""
+    config = run.config.fit
+    kept = select_seeds(run.seeds().table, config.min_separation)
+    positions = SkyCoord(np.asarray(kept["glon"]), np.asarray(kept["glat"]), unit="deg", frame="galactic")
+    index = np.full(len(kept), 2.5)
+    index_path = run.maps_folder / "index_postev.fits"
+    if index_path.is_file() and len(kept):
+        values = Map.read(index_path, hdu="INDEX").get_by_coord({"skycoord": positions})
+        index = np.where(np.isfinite(values), np.clip(values, 1.2, 4.8), 2.5)
+    path = run.folder / "seed_spectra_postev.fits"
+    spectra = Table.read(path) if path.is_file() else None
+    amplitude = [
+        seed_amplitude(spectra, name, gamma) if spectra is not None and name in list(spectra["name"]) else 1e-13
+        for name, gamma in zip(kept["name"], index)
+    ]
+    models = seed_models(kept, index, amplitude, position_range=config.position_range, free_beta=config.free_beta)
+    write_text_atomic(run.folder / "initial_models.yaml", models.to_yaml())
 
 
-def _seed_amplitude(spectra, name, index):
-    """dN/dE at 1 TeV of a power law of ``index`` matching a seed's PosTeV excess (cm-2 s-1 TeV-1)."""
-    row = spectra[list(spectra["name"]).index(name)]
-    edges = np.asarray(spectra.meta["energy_edges"])
-    true_edges = np.asarray(spectra.meta["energy_true_edges"])
-    shape = (edges[1:] ** (1 - index) - edges[:-1] ** (1 - index)) / (1 - index)
-    offset = int(np.argmin(np.abs(true_edges - edges[0])))
-    unit = spectra["exposure"].unit or u.Unit("m2 s")
-    exposure = (np.asarray(row["exposure"]) * unit).to_value("cm2 s")[offset: offset + len(shape)]
-    expected = np.nansum(exposure * shape)
-    return max(float(np.nansum(row["excess"]) / expected), 1e-16) if expected > 0 else 1e-14
+def _fit_client(config):
+    if config.backend != "dask" or config.scheduler is None:
+        return None
+    from distributed import Client
+
+    return Client(config.scheduler)
+
+
+def _stage_fit(run):
+    """Group fits of the initial models, the other sources cached as npred templates."""
+    models = run.models("initial_models.yaml")
+    config, parallel = run.config.fit, run.config.parallel
+    if not config.enabled or not len(models):
+        write_text_atomic(run.folder / "fitted_models.yaml", models.to_yaml())
+        return
+    datasets = run.datasets()
+    backgrounds = [m for d in datasets for m in (d.models or []) if m.name == f"{d.name}-bkg"]
+    everything = Models([*models, *backgrounds])
+    accelerate_models(everything)
+    client = _fit_client(parallel)
+    try:
+        table = fit_groups(
+            datasets, everything, n_jobs=parallel.n_jobs, backend=parallel.backend, client=client,
+            checkpoint=run.folder / "fits", max_iterations=config.max_iterations, progress=True,
+            fit_function=accelerated_fit, release=config.release_shape,
+            max_size=config.max_group_size, margin=f"{config.margin} deg",
+        )
+    finally:
+        if client is not None:
+            client.close()
+    table.write(run.folder / "fit_results.ecsv", overwrite=True)
+    failed = int(np.sum(~table["success"]))
+    if failed:
+        log.warning("%d of %d group fits failed: their sources keep the initial models", failed, len(table))
+    write_text_atomic(run.folder / "fitted_models.yaml", Models([m for m in everything if m.name in models.names])
+                      .to_yaml())
 
 
 def _stage_catalogue(run):
-    seeds = run.seeds()
-    path = run.folder / "seed_spectra_postev.fits"
-    spectra = Table.read(path) if path.is_file() else None
-    index_path = run.maps_folder / "index_postev.fits"
-    index_map = Map.read(index_path, hdu="INDEX") if index_path.is_file() else None
-    models = []
-    for row, position in zip(seeds.table, seeds.positions):
-        index = 2.5
-        if index_map is not None:
-            value = float(index_map.get_by_coord({"skycoord": position})[0])
-            index = value if np.isfinite(value) else index
-        amplitude = 1e-13
-        if spectra is not None and row["name"] in list(spectra["name"]):
-            amplitude = _seed_amplitude(spectra, row["name"], index)
-        models.append(_seed_model(row, index, amplitude))
-    models = Models(models)
+    models = run.models("fitted_models.yaml")
     if len(models):
         write_catalog(models, run.folder / "catalogue.fits", overwrite=True)
         write_xml(models, run.folder / "models.xml", overwrite=True)
+        write_text_atomic(run.folder / "catalogue.reg", _ds9_regions(models))
     write_text_atomic(run.folder / "models.yaml", models.to_yaml())
+
+
+def _ds9_regions(models):
+    lines = ["# Region file format: DS9", "galactic"]
+    for model in models:
+        position = model.position.galactic
+        radius = model.spatial_model.r_0.value if "r_0" in model.spatial_model.parameters.names else 0.05
+        lines.append(f"circle({position.l.deg:.5f},{position.b.deg:.5f},{radius:.5f}) # text={{{model.name}}}")
+    return "\n".join(lines) + "\n"
+
+
+def _stage_residual(run):
+    """Residual significance maps: every dataset with its background and the catalogue's models."""
+    models = run.models("models.yaml")
+    accelerate_models(models)
+    datasets = run.datasets()
+    for dataset in datasets:
+        backgrounds = [m for m in (dataset.models or []) if m.name == f"{dataset.name}-bkg"]
+        dataset.models = [*backgrounds, *models]
+    with fast_irfs(datasets):
+        maps = significance_maps(datasets, run.config.significance.radii, background_only=False)
+    for label, flux_maps in maps.items():
+        flux_maps.write(run.maps_folder / f"residual_{label}.fits", overwrite=True)
 
 
 def _expected_significances(datasets, truth, names):
@@ -273,6 +322,28 @@ def _false_rate(seeds, datasets):
     return float(np.sum(seeds.table["assoc"] == "")) / area
 
 
+def _flux(model, energy=(1 * u.TeV, 100 * u.TeV)):
+    return float(model.spectral_model.integral(*energy).to_value("cm-2 s-1"))
+
+
+def _catalogue_report(truth, models, table, bright):
+    """Completeness, positions and fluxes of the catalogue against the true sources above 5 sigma."""
+    pairs = match_catalogue(truth, models)
+    detected = set(pairs["source"])
+    table["in_catalogue"] = [name in detected for name in table["name"]]
+    pairs = pairs[[name in set(table["name"][bright]) for name in pairs["source"]]]
+    report = {
+        "n_sources": len(models),
+        "completeness_above_5_sigma": float(np.mean(table["in_catalogue"][bright])) if bright.any() else None,
+        "median_position_offset_deg": float(np.median(pairs["separation"])) if len(pairs) else None,
+        "position_bias_deg": float(np.hypot(np.mean(pairs["dlon"]), np.mean(pairs["dlat"]))) if len(pairs) else None,
+        "median_flux_ratio": float(np.median([_flux(models[m]) / _flux(truth[s])
+                                              for s, m in zip(pairs["source"], pairs["model"])]))
+        if len(pairs) else None,
+    }
+    return report, pairs
+
+
 def _stage_validation(run):
     truth = run.truth()
     if truth is None:
@@ -281,50 +352,56 @@ def _stage_validation(run):
     datasets = run.datasets()
     table = sources_table(truth)
     table["expected_sqrt_ts"] = _expected_significances(datasets, truth, list(table["name"]))
-    pairs = Table.read(run.folder / "associations_truth.ecsv")
-    found = set(pairs["source"])
-    table["detected"] = [name in found for name in table["name"]]
-    table.write(run.folder / "validation_sources.ecsv", overwrite=True)
+    seed_pairs = Table.read(run.folder / "associations_truth.ecsv")
+    table["detected"] = [name in set(seed_pairs["source"]) for name in table["name"]]
+    bright = np.asarray(table["expected_sqrt_ts"] >= 5)
     seeds = run.seeds()
-    bright = table["expected_sqrt_ts"] >= 5
-    best = pairs[pairs["rank_source"] == 1]
+    best = seed_pairs[seed_pairs["rank_source"] == 1]
+    catalogue, pairs = _catalogue_report(truth, run.models("models.yaml"), table, bright)
+    pairs.write(run.folder / "validation_matches.ecsv", overwrite=True)
+    table.write(run.folder / "validation_sources.ecsv", overwrite=True)
     report = {
         "n_true_sources": len(table),
         "n_true_above_5_sigma": int(bright.sum()),
-        "completeness_above_5_sigma": float(np.mean(table["detected"][bright])) if bright.any() else None,
-        "n_seeds": len(seeds),
-        "false_seeds": int(np.sum(seeds.table["assoc"] == "")) if "assoc" in seeds.table.colnames else None,
-        "false_seeds_per_deg2": _false_rate(seeds, datasets),
-        "median_position_offset_deg": float(np.median(best["separation"])) if len(best) else None,
+        "catalogue": catalogue,
+        "seeds": {
+            "n_seeds": len(seeds),
+            "completeness_above_5_sigma": float(np.mean(table["detected"][bright])) if bright.any() else None,
+            "false_seeds": int(np.sum(seeds.table["assoc"] == "")) if "assoc" in seeds.table.colnames else None,
+            "false_seeds_per_deg2": _false_rate(seeds, datasets),
+            "median_position_offset_deg": float(np.median(best["separation"])) if len(best) else None,
+        },
     }
     write_text_atomic(run.folder / "validation.json", json.dumps(report, indent=2))
     log.info("Validation: %s", report)
 
 
 def _plot_flux_recovery(run, plt):
-    """Catalogue flux (1-100 TeV) of the best seed of each detected true source vs the true flux."""
-    path = run.folder / "associations_truth.ecsv"
-    if not path.is_file() or not (run.folder / "models.yaml").is_file():
+    """Catalogue flux (1-100 TeV) of each matched true source above 5 sigma vs the true flux."""
+    path = run.folder / "validation_matches.ecsv"
+    if not path.is_file():
         return
     pairs = Table.read(path)
-    pairs = pairs[pairs["rank_source"] == 1]
-    truth, models = run.truth(), Models.read(run.folder / "models.yaml")
-    names = set(models.names)
-    pairs = pairs[[seed in names for seed in pairs["seed"]]]
     if not len(pairs):
         return
-    energy = (1 * u.TeV, 100 * u.TeV)
-    true_flux = [truth[s].spectral_model.integral(*energy).to_value("cm-2 s-1") for s in pairs["source"]]
-    seed_flux = [models[s].spectral_model.integral(*energy).to_value("cm-2 s-1") for s in pairs["seed"]]
+    truth, models = run.truth(), run.models("models.yaml")
+    true_flux = [_flux(truth[s]) for s in pairs["source"]]
+    fitted_flux = [_flux(models[m]) for m in pairs["model"]]
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.loglog(true_flux, seed_flux, "o")
-    limits = [min(true_flux + seed_flux), max(true_flux + seed_flux)]
+    ax.loglog(true_flux, fitted_flux, "o")
+    limits = [min(true_flux + fitted_flux), max(true_flux + fitted_flux)]
     ax.plot(limits, limits, "k--", lw=1)
     ax.set_xlabel("true flux 1-100 TeV (cm-2 s-1)")
     ax.set_ylabel("catalogue flux 1-100 TeV (cm-2 s-1)")
     ax.set_title("recovered vs true flux")
     fig.savefig(run.folder / "flux_recovery.png", dpi=100)
     plt.close(fig)
+
+
+def _plot_sources(ax, models):
+    for model in models:
+        position = model.position.galactic
+        ax.plot(position.l.deg, position.b.deg, "+", color="cyan", ms=8, transform=ax.get_transform("galactic"))
 
 
 def _stage_plots(run):
@@ -335,13 +412,21 @@ def _stage_plots(run):
 
     if run.truth() is not None:
         _plot_flux_recovery(run, plt)
-    seeds = run.seeds()
+    seeds, models = run.seeds(), run.models("models.yaml")
     for label, maps in run.significance_maps().items():
         fig = plt.figure(figsize=(10, 5))
         ax = fig.add_subplot(projection=maps["sqrt_ts"].geom.to_image().wcs)
         seeds.plot(maps["sqrt_ts"], ax=ax, vmin=-3, vmax=10)
-        ax.set_title(f"sqrt_ts {label} with {len(seeds)} seeds")
+        _plot_sources(ax, models)
+        ax.set_title(f"sqrt_ts {label}: {len(seeds)} seeds (circles), {len(models)} fitted sources (+)")
         fig.savefig(run.folder / f"significance_{label}.png", dpi=100)
+        plt.close(fig)
+        residual = FluxMaps.read(run.maps_folder / f"residual_{label}.fits")["sqrt_ts"]
+        fig = plt.figure(figsize=(10, 5))
+        ax = fig.add_subplot(projection=residual.geom.to_image().wcs)
+        residual.plot(ax=ax, add_cbar=True, vmin=-5, vmax=5, cmap="RdBu_r")
+        ax.set_title(f"residual sqrt_ts {label} (catalogue models subtracted)")
+        fig.savefig(run.folder / f"residual_{label}.png", dpi=100)
         plt.close(fig)
 
 
@@ -351,7 +436,10 @@ _STAGE_FUNCTIONS = {
     "seeds": _stage_seeds,
     "association": _stage_association,
     "spectra": _stage_spectra,
+    "models": _stage_models,
+    "fit": _stage_fit,
     "catalogue": _stage_catalogue,
+    "residual": _stage_residual,
     "validation": _stage_validation,
     "plots": _stage_plots,
 }
@@ -372,8 +460,9 @@ def run_pipeline(config=None, overwrite=False):
     folder : `~pathlib.Path`
         The output folder: ``datasets/``, ``maps/`` (significance and index maps),
         ``seeds.fits``, ``seeds.reg``, ``associations_*.ecsv``, ``seed_spectra_*.fits``,
-        ``catalogue.fits``, ``models.yaml``, ``models.xml``, ``validation.json``, PNG
-        figures, ``run.log`` and ``state.json``.
+        ``initial_models.yaml``, ``fits/`` (group-fit checkpoints), ``fit_results.ecsv``,
+        ``catalogue.fits``, ``catalogue.reg``, ``models.yaml``, ``models.xml``, residual maps,
+        ``validation.json``, PNG figures, ``run.log`` and ``state.json``.
     """
     config = config or PipelineConfig()
     folder = check_writable_dir(config.output)
