@@ -2,26 +2,45 @@
 
 `extract_spectra` returns the same `~gammapy.datasets.SpectrumDataset` objects as
 ``[dataset.to_spectrum_dataset(region) for region in regions]``, but sums all
-regions with one compiled kernel (`gpsfast.kernels.aperture.aperture_sums`)
-instead of building a region mask over the whole map for each region.
+regions with compiled kernels (`gpsfast.kernels.aperture.aperture_pixels`,
+`gpsfast.kernels.aperture.pixel_sums`) instead of building a region mask over
+the whole map for each region.
 
 Pixel membership is the one of gammapy, bit for bit: gammapy decides it on a
 cutout of the map around the region, with ``CircleSkyRegion.to_pixel`` on the
 cutout WCS (pixel centre strictly inside the circle, radius converted with the
 local pixel scale). The cutout bounds and the pixel centre and radius of every
 region in the cutout frame are computed here for all regions at once, with the
-same astropy / regions calls and the same floating-point operations.
+same floating-point operations: for centres in the frame of the map (Galactic
+or ICRS) directly on arrays and wcslib (`_PlainSky`, checked against the
+`SkyCoord` calls once per process), else with the astropy / regions calls on
+array `SkyCoord` s. The maps are summed in place, big-endian FITS data
+included (`gpsfast.kernels.aperture.pixel_sums`), and the gammapy objects are
+built from shared immutable parts (axes, WCS) without re-validating them.
 
 `IndexMapEstimator` fits a forward-folded power law at every pixel to the
 spectrum summed in a disk around it (`gpsfast.kernels.aperture.correlate_masked`
 and `gpsfast.kernels.plfit`).
 """
+import base64
 import copy
+import functools
+import itertools
 import logging
+import os
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import Angle, SkyCoord, UnitSphericalRepresentation
+from astropy.coordinates import (
+    ICRS,
+    Angle,
+    Galactic,
+    Latitude,
+    Longitude,
+    SkyCoord,
+    UnitSphericalRepresentation,
+)
+from astropy.coordinates.angles import offset_by
 from astropy.table import Table
 from astropy.wcs import WCS
 from astropy.wcs.utils import (
@@ -36,10 +55,20 @@ from gammapy.datasets import (
     SpectrumDataset,
     SpectrumDatasetOnOff,
 )
-from gammapy.irf import EDispMap, PSFMap
-from gammapy.maps import Map, Maps, RegionGeom, RegionNDMap, WcsGeom, WcsNDMap
-from gammapy.utils.scripts import make_name
-from regions import CircleSkyRegion, PointSkyRegion
+from gammapy.datasets.metadata import MapDatasetMetaData
+from gammapy.irf import EDispKernelMap, EDispMap, PSFMap
+from gammapy.maps import (
+    Map,
+    MapAxes,
+    MapAxis,
+    Maps,
+    RegionGeom,
+    RegionNDMap,
+    WcsGeom,
+    WcsNDMap,
+)
+from pydantic import BaseModel
+from regions import CircleSkyRegion, PointSkyRegion, RegionMeta, RegionVisual
 
 # the helper that CircleSkyRegion.to_pixel uses (pixel centre and local pixel
 # scale); it accepts array SkyCoords, which lets all regions go in one call
@@ -47,7 +76,13 @@ from regions._utils.wcs_helpers import pixel_scale_angle_at_skycoord
 
 from .clustering import cluster_index_map, cluster_regions
 from .errors import InputError
-from .kernels.aperture import DISK, aperture_sums, correlate_masked, disk_weights
+from .kernels.aperture import (
+    DISK,
+    aperture_pixels,
+    correlate_masked,
+    disk_weights,
+    pixel_sums,
+)
 from .kernels.plfit import fit_powerlaw_map
 
 __all__ = ["IndexMapEstimator", "cluster_index_map", "cluster_regions", "extract_spectra", "extract_spectra_table"]
@@ -57,6 +92,7 @@ log = logging.getLogger(__name__)
 _OFFSET = 1 * u.arcsec  # offset used by regions to measure the pixel scale
 _BINSZ_WCS = u.Quantity(0.1, u.deg)  # RegionGeom default, parsed once
 _CHUNK = 512  # regions per kernel call
+_PLAIN_FRAMES = (Galactic, ICRS)  # frames without attributes (`_PlainSky`)
 
 
 # ----------------------------------------------------------------------------
@@ -102,9 +138,36 @@ def _parse_regions(regions):
             raise InputError(
                 f"regions[{idx}] is a {type(region).__name__}; only CircleSkyRegion is supported"
             )
-        if not region.radius.to_value(u.deg) > 0:
-            raise InputError(f"regions[{idx}] has a non-positive radius {region.radius}")
     return regions
+
+
+class _Group:
+    """Regions of one frame and units: indices, stacked centres and radii.
+
+    ``lon`` and ``lat`` are the `~astropy.coordinates.Longitude` and
+    `~astropy.coordinates.Latitude` of the centres in their own units, None
+    for a centre that is not a plain (lon, lat) position.
+    """
+
+    def __init__(self, members, frame, lon, lat, radius, center=None):
+        self.members = np.array(members)
+        self.frame = frame
+        self.lon = lon
+        self.lat = lat
+        self.radius = radius
+        self._center = center
+
+    @property
+    def centers(self):
+        """The centres as one array `~astropy.coordinates.SkyCoord`."""
+        if self._center is not None:
+            return self._center.reshape((1,))
+        return SkyCoord(self.lon, self.lat, frame=self.frame.replicate_without_data())
+
+
+def _values(quantities):
+    """Values of scalar quantities (of one unit) as a float array."""
+    return np.array([q.view(np.ndarray) for q in quantities], dtype=float)
 
 
 class _Seeds:
@@ -119,31 +182,46 @@ class _Seeds:
 
     def __init__(self, regions):
         self.regions = regions
-        groups = []  # (frame, units, members); frame None: a centre on its own
+        groups = []  # [frame, units, members]; frame None: a centre on its own
+        plain = {}  # (frame class, units) -> group, for frames without attributes
         for idx, region in enumerate(regions):
-            data = region.center.data
+            frame = region.center.frame
+            data = frame.data
             if not isinstance(data, UnitSphericalRepresentation):
-                groups.append((None, None, [idx]))
+                groups.append([None, None, [idx]])
                 continue
             units = (data.lon.unit, data.lat.unit, region.radius.unit)
-            for frame, group_units, members in groups:
-                if (frame is not None and group_units == units
-                        and region.center.frame.is_equivalent_frame(frame)):
-                    members.append(idx)
+            key = (type(frame), units)
+            if type(frame) in _PLAIN_FRAMES and key in plain:
+                plain[key][2].append(idx)
+                continue
+            for group in groups:
+                if (group[0] is not None and group[1] == units
+                        and frame.is_equivalent_frame(group[0])):
+                    group[2].append(idx)
                     break
             else:
-                groups.append((region.center.frame, units, [idx]))
-        self.groups = []
-        for frame, units, members in groups:
-            radius = u.Quantity([regions[i].radius for i in members])
-            if frame is None:
-                centers = regions[members[0]].center.reshape((1,))
-            else:
-                lon = [regions[i].center.data.lon.to_value(units[0]) for i in members]
-                lat = [regions[i].center.data.lat.to_value(units[1]) for i in members]
-                centers = SkyCoord(u.Quantity(lon, units[0]), u.Quantity(lat, units[1]),
-                                   frame=frame.replicate_without_data())
-            self.groups.append((np.array(members), centers, radius))
+                groups.append([frame, units, [idx]])
+                if type(frame) in _PLAIN_FRAMES:
+                    plain[key] = groups[-1]
+        self.groups = [self._group(*group) for group in groups]
+        for group in self.groups:
+            bad = group.members[~(group.radius.value > 0)]
+            if bad.size:
+                raise InputError(f"regions[{bad.min()}] has a non-positive radius "
+                                 f"{regions[bad.min()].radius}")
+
+    def _group(self, frame, units, members):
+        regions = self.regions
+        if frame is None:
+            region = regions[members[0]]
+            return _Group(members, region.center.frame, None, None,
+                          region.radius.reshape((1,)), center=region.center)
+        centers = [regions[i].center.frame.data for i in members]
+        lon = Longitude(_values([c.lon for c in centers]), units[0], copy=False)
+        lat = Latitude(_values([c.lat for c in centers]), units[1], copy=False)
+        radius = u.Quantity(_values([regions[i].radius for i in members]), units[2], copy=False)
+        return _Group(members, frame, lon, lat, radius)
 
     def __len__(self):
         return len(self.regions)
@@ -155,7 +233,8 @@ class _Seeds:
 class _Circles:
     """Pixel centres, radii and cutout windows of circles on one WCS image."""
 
-    def __init__(self, n):
+    def __init__(self, n, shape):
+        self.shape = shape
         self.cx_full = np.empty(n)
         self.cy_full = np.empty(n)
         self.r_full = np.empty(n)
@@ -167,6 +246,207 @@ class _Circles:
         self.cy_cut = np.empty(n)
         self.r_cut = np.empty(n)
         self.outside = np.zeros(n, dtype=bool)
+        self._pixel_lists = {}
+
+    def pixel_lists(self, cutout):
+        """Aperture pixel lists (`aperture_pixels`) in chunks of ``_CHUNK`` circles.
+
+        With ``cutout`` the circles are those gammapy draws on its cutouts
+        (clipped to the cutout windows), else those on the whole image.
+        """
+        lists = self._pixel_lists.get(cutout)
+        if lists is None:
+            lists = self._pixel_lists[cutout] = self._make_pixel_lists(cutout)
+        return lists
+
+    def _make_pixel_lists(self, cutout):
+        n = len(self.cx_full)
+        ny, nx = self.shape
+        zeros = np.zeros(n)
+        if cutout:
+            cx, cy, r = self.cx_cut, self.cy_cut, self.r_cut
+            win = (self.x_lo, self.y_lo, self.x_hi, self.y_hi)
+        else:
+            cx, cy, r = self.cx_full, self.cy_full, self.r_full
+            win = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, nx, np.int64),
+                   np.full(n, ny, np.int64))
+        # the pixel lists of all apertures are held at once: bound that memory
+        return [
+            aperture_pixels(ny, nx, cx[c], cy[c], zeros[c], r[c], zeros[c],
+                            *(w[c] for w in win), DISK)
+            for c in (slice(i, i + _CHUNK) for i in range(0, n, _CHUNK))
+        ]
+
+
+@functools.lru_cache(maxsize=64)
+def _scale(unit, other):
+    """The factor by which astropy multiplies values to convert them from ``unit`` to ``other``."""
+    return u.Unit(unit).to(other)
+
+
+def _sky_values(lon, lat):
+    """Degree values of longitudes and latitudes, as ``SkyCoord.spherical`` gives them."""
+    return lon.to_value(u.deg), lat.to_value(u.deg)
+
+
+def _wrap_at(angle, a360, wrap_angle):
+    """``Angle._wrap_at`` on values (``a360``: 360 degrees in their unit), in place."""
+    floor = wrap_angle - a360
+    if not ((angle < floor) | (angle >= wrap_angle)).any():
+        return angle
+    wraps = (angle - floor) // a360
+    angle -= wraps * a360
+    angle[angle >= wrap_angle] -= a360
+    angle[angle < floor] += a360
+    return angle
+
+
+def _north_offsets(lon, lat):
+    """``directional_offset_by(0, _OFFSET)`` of positions given as `Longitude`, `Latitude`.
+
+    Returns the degree values of the offset positions, as the `SkyCoord` that
+    `~astropy.coordinates.SkyCoord.directional_offset_by` builds holds them.
+    The operations of `~astropy.coordinates.angles.offset_by` (spherical
+    trigonometry on radian values, result wrapped to [0, 360) deg) are done
+    on plain arrays, with the unit conversion factors of astropy; positions
+    within 1e-12 of a pole go through ``offset_by`` itself.
+    """
+    to_rad = _scale(u.deg, u.rad)
+    to_deg = _scale(u.rad, u.deg)
+    distance = _OFFSET.value * _scale(_OFFSET.unit, u.rad)
+    cos_a = np.cos(distance)
+    sin_a = np.sin(distance)
+    lat_rad = lat.value * _scale(lat.unit, u.rad)
+    cos_c = np.sin(lat_rad)
+    sin_c = np.cos(lat_rad)
+    if np.any(sin_c < 1e-12):
+        new_lon, new_lat = offset_by(lon=lon, lat=lat, posang=0.0, distance=_OFFSET)
+        return _sky_values(Longitude(new_lon), Latitude(new_lat))
+    cos_b_angle = np.cos(0.0)
+    sin_b_angle = np.sin(0.0)
+    cos_b = cos_c * cos_a + sin_c * sin_a * cos_b_angle
+    xsin_a = sin_a * sin_b_angle * sin_c
+    xcos_a = cos_a - cos_b * cos_c
+    new_lon = lon.value * _scale(lon.unit, u.rad) + np.arctan2(xsin_a, xcos_a)
+    full_turn = 360.0 * to_rad
+    new_lon = _wrap_at(new_lon, full_turn, full_turn) * to_deg
+    new_lat = np.arcsin(cos_b) * to_deg
+    return _wrap_at(new_lon, 360.0, 360.0), new_lat  # Longitude(new_lon), in degrees
+
+
+def _pixel_scale(dx, dy):
+    """``pixel_scale_angle_at_skycoord`` scale from the pixel offsets of the north offsets."""
+    return _OFFSET.to(u.arcsec) / (np.hypot(dx, dy) * u.pixel)
+
+
+def _radius_pix(radius, dx, dy):
+    """``(radius / _pixel_scale(dx, dy)).to(u.pix).value`` on plain arrays."""
+    scale = _OFFSET.to_value(u.arcsec) / np.hypot(dx, dy)
+    return (radius.value / scale) * _radius_scale(radius.unit)
+
+
+@functools.lru_cache(maxsize=16)
+def _radius_scale(unit):
+    """``_scale`` from ``unit / (arcsec / pix)`` to pixels."""
+    return _scale(unit / (u.arcsec / u.pix), u.pix)
+
+
+class _PlainSky:
+    """The WCS calls of ``regions`` / ``astropy`` for positions in the WCS frame, as numbers.
+
+    ``wcs.world_to_pixel(skycoord)`` of a `SkyCoord` in the frame of a FITS WCS
+    without distortions or pixel bounds is ``wcs.all_world2pix(lon, lat, 0)`` on
+    the degree values of its longitude and latitude, and ``wcs.pixel_to_world``
+    is ``wcs.all_pix2world`` wrapped into a `SkyCoord` (`Longitude`,
+    `Latitude`). These shortcuts leave out the `SkyCoord` machinery, not any
+    floating-point operation: `_plain_sky_exact` checks them against the
+    astropy calls once per process.
+    """
+
+    def __init__(self, wcs):
+        self.wcs = wcs
+
+    @staticmethod
+    def usable(wcs, frame):
+        """Whether positions in ``frame`` can take the shortcuts on ``wcs``."""
+        if type(frame) not in _PLAIN_FRAMES or wcs.naxis != 2 or wcs.has_distortion:
+            return False
+        if wcs.pixel_bounds is not None or wcs.wcs.lng != 0 or wcs.wcs.lat != 1:
+            return False
+        if any(u.Unit(unit) != u.deg for unit in wcs.wcs.cunit):
+            return False
+        try:
+            wcs_frame = wcs_to_celestial_frame(wcs)
+        except ValueError:
+            return False
+        return type(wcs_frame) is type(frame) and frame.is_equivalent_frame(wcs_frame)
+
+    def world_to_pixel(self, *lon_lat):
+        """Pixel (x, y) of several (lon, lat) degree arrays, in one wcslib call."""
+        sizes = [len(lon) for lon in lon_lat[::2]]
+        x, y = self.wcs.all_world2pix(np.concatenate(lon_lat[::2]), np.concatenate(lon_lat[1::2]),
+                                      0)
+        out = []
+        for part in np.split(np.arange(len(x)), np.cumsum(sizes)[:-1]):
+            out += [x[part], y[part]]
+        return out
+
+    def circles(self, group):
+        """``CircleSkyRegion.to_pixel`` of a `_Group`: (x, y, r), and the degree
+        (lon, lat) of the centres and of their north offsets."""
+        sky = _sky_values(group.lon, group.lat) + _north_offsets(group.lon, group.lat)
+        x, y, ox, oy = self.world_to_pixel(*sky)
+        return (x, y, _radius_pix(group.radius, ox - x, oy - y)), sky
+
+    def pixel_to_sky(self, x, y):
+        """``wcs.pixel_to_world``, as (`Longitude`, `Latitude`)."""
+        lon, lat = self.wcs.all_pix2world(x, y, 0)
+        return Longitude(lon, u.deg), Latitude(lat, u.deg)
+
+    def pixel_scale_at(self, position):
+        """``skycoord_to_pixel`` and the scale (arcsec / pix) of
+        ``pixel_scale_angle_at_skycoord`` at a `pixel_to_sky` position."""
+        lon, lat = position
+        x, y, ox, oy = self.world_to_pixel(*_sky_values(lon, lat), *_north_offsets(lon, lat))
+        return x, y, _OFFSET.to_value(u.arcsec) / np.hypot(ox - x, oy - y)
+
+    def cutout_shape(self, n_x, n_y, pixscale):
+        """`_AstropySky.cutout_shape` on plain arrays."""
+        binsz = proj_plane_pixel_scales(self.wcs)  # degrees (`usable`)
+        to_deg = _scale(u.arcsec, u.deg)
+        return [
+            np.round(np.clip(((n.astype(float) * pixscale) * to_deg) / b, 1, None)).astype(np.int64)
+            for n, b in ((n_x, binsz[0]), (n_y, binsz[1]))
+        ]
+
+
+class _AstropySky:
+    """The same calls as `_PlainSky`, through `SkyCoord` (any frame and WCS)."""
+
+    def __init__(self, wcs):
+        self.wcs = wcs
+
+    def circles(self, group):
+        return _to_pixel(self.wcs, group.centers, group.radius), None
+
+    def pixel_to_sky(self, x, y):
+        return self.wcs.pixel_to_world(x, y)
+
+    def pixel_scale_at(self, position):
+        _, pixscale, _ = pixel_scale_angle_at_skycoord(position, self.wcs)
+        px, py = skycoord_to_pixel(position, self.wcs, mode="all")
+        return px, py, pixscale
+
+    def cutout_shape(self, n_x, n_y, pixscale):
+        """Cutout size of ``WcsGeom.cutout`` for a region ``n_x`` by ``n_y`` pixels
+        wide (``RegionGeom.width``, at pixel scale ``pixscale``)."""
+        binsz = Angle(proj_plane_pixel_scales(self.wcs), "deg")
+        out = []
+        for n, b in ((n_x, binsz[0]), (n_y, binsz[1])):
+            width = Angle(n * u.pix * pixscale, "arcsec").to_value(u.deg)
+            out.append(np.round(np.clip((width * u.deg / b).to_value(""), 1, None))
+                       .astype(np.int64))
+        return out
 
 
 def _to_pixel(wcs, centers, radius):
@@ -186,23 +466,27 @@ class _ShiftedWcs:
     ``(v + crpix - shift) - 1`` with the same rounding. That identity is checked
     against wcslib on the unshifted WCS; where it does not hold (an unusual
     WCS), each region is projected with its own shifted WCS copy.
+
+    ``sky``: the degree (lon, lat) of the centres and of their north offsets in
+    the WCS frame, when known (`_PlainSky.circles`).
     """
 
-    def __init__(self, wcs, centers, radius, reference):
+    def __init__(self, wcs, group, reference, sky=None):
         self.wcs = wcs
-        self.centers = centers
-        self.radius = radius
+        self.group = group
+        self.radius = group.radius
         zero = WCS(naxis=2)  # the celestial transformation only, CRPIX = 0
         zero.wcs = copy.deepcopy(wcs.wcs)
         zero.wcs.crpix = [0.0, 0.0]
         self._crpix = np.array(wcs.wcs.crpix, dtype=float)
-        frame = wcs_to_celestial_frame(wcs)
-        self._v = []
-        for sky in (centers, centers.directional_offset_by(0.0, _OFFSET)):
-            sph = sky.transform_to(frame).spherical
-            lon = sph.lon.to_value(u.deg)
-            lat = sph.lat.to_value(u.deg)
-            self._v.append(zero.wcs_world2pix(lon, lat, 1))
+        if sky is None:
+            frame = wcs_to_celestial_frame(wcs)
+            centers = group.centers
+            sky = []
+            for coords in (centers, centers.directional_offset_by(0.0, _OFFSET)):
+                sph = coords.transform_to(frame).spherical
+                sky += [sph.lon.to_value(u.deg), sph.lat.to_value(u.deg)]
+        self._v = [zero.wcs_world2pix(sky[0], sky[1], 1), zero.wcs_world2pix(sky[2], sky[3], 1)]
         self.exact = all(
             np.array_equal(a, b) for a, b in zip(self._shifted(0, 0), reference)
         )
@@ -215,46 +499,41 @@ class _ShiftedWcs:
         cry = self._crpix[1] - sy
         x = (vx + crx) - 1.0
         y = (vy + cry) - 1.0
-        dx = ((ox + crx) - 1.0) - x
-        dy = ((oy + cry) - 1.0) - y
-        scale = _OFFSET.to(u.arcsec) / (np.hypot(dx, dy) * u.pixel)
-        r = (self.radius / scale).to(u.pix).value
-        return x, y, np.asarray(r, float)
+        r = _radius_pix(self.radius, ((ox + crx) - 1.0) - x, ((oy + cry) - 1.0) - y)
+        return x, y, r
 
     def __call__(self, sx, sy):
         """(x, y, r) of every circle on the WCS with CRPIX shifted by -(sx, sy)."""
-        sx = np.broadcast_to(sx, len(self.centers))
-        sy = np.broadcast_to(sy, len(self.centers))
+        n = len(self.radius)
+        sx = np.broadcast_to(sx, n)
+        sy = np.broadcast_to(sy, n)
         if self.exact:
             return self._shifted(sx, sy)
-        out = np.empty((3, len(self.centers)))
+        out = np.empty((3, n))
         wcs = self.wcs.deepcopy()
-        for i in range(len(self.centers)):
+        centers = self.group.centers
+        for i in range(n):
             wcs.wcs.crpix = self._crpix - [sx[i], sy[i]]
-            x, y, r = _to_pixel(wcs, self.centers[i:i + 1], self.radius[i:i + 1])
+            x, y, r = _to_pixel(wcs, centers[i:i + 1], self.radius[i:i + 1])
             out[:, i] = x[0], y[0], r[0]
         return out[0], out[1], out[2]
 
 
-def _cutout_windows(wcs, shape, x, y, r):
+def _cutout_windows(sky, shape, x, y, r):
     """Cutout bounds that ``WcsNDMap.to_region_nd_map`` uses for circles (x, y, r).
 
     Mirrors ``RegionGeom.center_skydir`` / ``width`` (bounding box of the pixel
     circle, as a sky rectangle) and ``WcsGeom.cutout`` (``Cutout2D``, mode "trim").
+    ``sky``: `_PlainSky` or `_AstropySky` of the WCS.
     """
     ny, nx = shape
     ix_min = np.floor(x - r + 0.5).astype(np.int64)
     ix_max = np.ceil(x + r + 0.5).astype(np.int64)
     iy_min = np.floor(y - r + 0.5).astype(np.int64)
     iy_max = np.ceil(y + r + 0.5).astype(np.int64)
-    center = wcs.pixel_to_world(0.5 * (ix_max - 1 + ix_min), 0.5 * (iy_max - 1 + iy_min))
-    _, pixscale, _ = pixel_scale_angle_at_skycoord(center, wcs)
-    width = Angle((ix_max - ix_min) * u.pix * pixscale, "arcsec").to_value(u.deg)
-    height = Angle((iy_max - iy_min) * u.pix * pixscale, "arcsec").to_value(u.deg)
-    binsz = Angle(proj_plane_pixel_scales(wcs), "deg")
-    n_x = np.round(np.clip((width * u.deg / binsz[0]).to_value(""), 1, None)).astype(np.int64)
-    n_y = np.round(np.clip((height * u.deg / binsz[1]).to_value(""), 1, None)).astype(np.int64)
-    px, py = skycoord_to_pixel(center, wcs, mode="all")
+    center = sky.pixel_to_sky(0.5 * (ix_max - 1 + ix_min), 0.5 * (iy_max - 1 + iy_min))
+    px, py, pixscale = sky.pixel_scale_at(center)
+    n_x, n_y = sky.cutout_shape(ix_max - ix_min, iy_max - iy_min, pixscale)
     x0 = np.ceil(px - n_x / 2.0).astype(np.int64)
     y0 = np.ceil(py - n_y / 2.0).astype(np.int64)
     x_lo = np.maximum(0, x0)
@@ -283,50 +562,99 @@ def _touches_border(x, y, r, shape):
     return out
 
 
-def _circles(image_geom, seeds):
-    """`_Circles` of the seeds on a 2D `WcsGeom`, with gammapy's containment test."""
+def _sky(wcs, group, plain=None):
+    """`_PlainSky` where the group's positions can take its shortcuts, else `_AstropySky`.
+
+    ``plain``: None to decide (`_plain_sky_exact`), False for `_AstropySky`
+    always, True to skip the check.
+    """
+    usable = group.lon is not None and plain is not False and _PlainSky.usable(wcs, group.frame)
+    if usable and (plain or _plain_sky_exact()):
+        return _PlainSky(wcs)
+    return _AstropySky(wcs)
+
+
+_CIRCLE_FIELDS = ("cx_full", "cy_full", "r_full", "x_lo", "y_lo", "x_hi", "y_hi", "cx_cut",
+                  "cy_cut", "r_cut", "outside")
+
+
+def _circles(image_geom, seeds, plain=None):
+    """`_Circles` of the seeds on a 2D `WcsGeom`, with gammapy's containment test.
+
+    ``plain``: see `_sky`.
+    """
     wcs = image_geom.wcs
     shape = image_geom.data_shape
-    circles = _Circles(len(seeds))
-    for idx, centers, radius in seeds.groups:
-        x, y, r = _to_pixel(wcs, centers, radius)
-        shifted = _ShiftedWcs(wcs, centers, radius, (x, y, r))
-        x_lo, y_lo, x_hi, y_hi, outside = _cutout_windows(wcs, shape, x, y, r)
+    circles = _Circles(len(seeds), shape)
+    for group in seeds.groups:
+        sky = _sky(wcs, group, plain)
+        (x, y, r), sky_values = sky.circles(group)
+        shifted = _ShiftedWcs(wcs, group, (x, y, r), sky_values)
+        x_lo, y_lo, x_hi, y_hi, outside = _cutout_windows(sky, shape, x, y, r)
         cx, cy, rc = shifted(x_lo, y_lo)
         # gammapy's containment test: the circle on the image padded by one pixel
         # (CRPIX + 1) must not reach the padding
         px, py, pr = shifted(-1, -1)
         outside |= _touches_border(px, py, pr, (shape[0] + 2, shape[1] + 2))
-        for name, value in [
-            ("cx_full", x), ("cy_full", y), ("r_full", r), ("x_lo", x_lo), ("y_lo", y_lo),
-            ("x_hi", x_hi), ("y_hi", y_hi), ("cx_cut", cx), ("cy_cut", cy), ("r_cut", rc),
-            ("outside", outside),
-        ]:
-            getattr(circles, name)[idx] = value
+        values = (x, y, r, x_lo, y_lo, x_hi, y_hi, cx, cy, rc, outside)
+        for name, value in zip(_CIRCLE_FIELDS, values):
+            getattr(circles, name)[group.members] = value
     return circles
 
 
+@functools.cache
+def _plain_sky_exact():
+    """Whether `_PlainSky` gives the numbers of the `SkyCoord` calls, bit for bit.
+
+    Checked once per process on two small maps (Galactic CAR across longitude
+    0, ICRS TAN) with circles of many sizes; if an astropy version computes
+    differently, every region goes through `SkyCoord`.
+    """
+    rng = np.random.default_rng(0)
+    for frame, proj, skydir in [("galactic", "CAR", (0.0, 0.5)), ("icrs", "TAN", (83.6, -5.0))]:
+        image = WcsGeom.create(skydir=skydir, width=(3.0, 2.0), binsz=0.02, frame=frame,
+                               proj=proj)
+        lon = skydir[0] + rng.uniform(-1.5, 1.5, 40)
+        lat = skydir[1] + rng.uniform(-1.0, 1.0, 40)
+        radius = rng.uniform(0.01, 1.0, 40)
+        seeds = _Seeds([CircleSkyRegion(SkyCoord(a, b, unit="deg", frame=frame), c * u.deg)
+                        for a, b, c in zip(lon, lat, radius)])
+        fast = _circles(image, seeds, plain=True)
+        slow = _circles(image, seeds, plain=False)
+        if not all(np.array_equal(getattr(fast, name), getattr(slow, name))
+                   for name in _CIRCLE_FIELDS):
+            log.warning("astropy computes sky positions differently than gpsfast expects: "
+                        "using the slower SkyCoord calls")
+            return False
+    return True
+
+
+def _kernel_cube(data):
+    """A cube as `pixel_sums` reads it, without copying float32 / float64 data.
+
+    Floats in the non-native byte order (FITS maps are big-endian) are passed
+    as the unsigned-integer view of their bytes, which the kernel swaps back.
+    """
+    data = np.ascontiguousarray(data)
+    if data.dtype.kind == "f" and data.dtype.itemsize in (4, 8):
+        if data.dtype.isnative:
+            return data
+        return data.view(np.uint32 if data.dtype.itemsize == 4 else np.uint64)
+    return data.astype(np.float64)
+
+
 def _sums(data, mask, circles, cutout=True):
-    """Kernel disk sums of a (n_energy, ny, nx) array on the circles."""
-    n = len(circles.cx_full)
-    zeros = np.zeros(n)
-    if cutout:
-        cx, cy, r = circles.cx_cut, circles.cy_cut, circles.r_cut
-        win = (circles.x_lo, circles.y_lo, circles.x_hi, circles.y_hi)
-    else:
-        ny, nx = data.shape[-2:]
-        cx, cy, r = circles.cx_full, circles.cy_full, circles.r_full
-        win = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, nx, np.int64),
-               np.full(n, ny, np.int64))
+    """Kernel disk sums of a (n_energy, ny, nx) array on the circles.
+
+    Returns ``(sums, norm, norm_all)`` as `aperture_sums` does.
+    """
     if mask is None:
         mask = np.ones((1,) + data.shape[-2:], dtype=bool)
-    data = _native(data)
-    mask = np.asarray(mask, dtype=bool)
-    # the kernel lists the pixels of all its apertures: bound that memory
+    cube = _kernel_cube(data)
+    mask = np.ascontiguousarray(mask, dtype=bool)
     parts = [
-        aperture_sums(data, mask, cx[c], cy[c], zeros[c], r[c], zeros[c],
-                      *(w[c] for w in win), DISK)
-        for c in (slice(i, i + _CHUNK) for i in range(0, n, _CHUNK))
+        pixel_sums(cube, mask, pix, weight, start, stop) + (norm_all,)
+        for pix, weight, start, stop, norm_all in circles.pixel_lists(cutout)
     ]
     return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
@@ -450,21 +778,36 @@ def _nearest_irf_pixels(irf_map, seeds):
 
     ``IRFMap.to_region_nd_map(center)`` evaluates the map at the centre of the
     pixel bounding box of the point, i.e. at pixel ``floor(x + 0.5)``, then picks
-    the nearest pixel (clipped to the map). Returns None for a region whose
-    position is exactly half-way between two pixels (gammapy's own call decides).
+    the nearest pixel (clipped to the map). Returns the ``(iy, ix)`` index
+    arrays and a mask of the regions whose position is exactly half-way between
+    two pixels (there gammapy's own call decides).
     """
     wcs = irf_map.geom.wcs
     ny, nx = irf_map.geom.to_image().data_shape
     ix = np.empty(len(seeds), np.int64)
     iy = np.empty(len(seeds), np.int64)
     tie = np.zeros(len(seeds), bool)
-    for idx, centers, _ in seeds.groups:
-        x, y = wcs.world_to_pixel(centers)
+    for group in seeds.groups:
+        sky = _sky(wcs, group)
+        if isinstance(sky, _PlainSky):
+            x, y = sky.world_to_pixel(*_sky_values(group.lon, group.lat))
+        else:
+            x, y = wcs.world_to_pixel(group.centers)
+        idx = group.members
         for coord, out, n in ((x, ix, nx), (y, iy, ny)):
             lo = np.floor(coord + 0.5)
             tie[idx] |= lo == np.ceil(coord + 0.5)
             out[idx] = np.clip(lo, 0, n - 1).astype(np.int64)
-    return [None if t else (j, i) for i, j, t in zip(ix, iy, tie)]
+    return iy, ix, tie
+
+
+def _finite_irf_data(irf_map):
+    """IRF map data with non-finite values as zero, where some values are finite."""
+    data = irf_map.data
+    finite = np.isfinite(data)
+    if finite.any() and not finite.all():
+        data = np.where(finite, data, 0.0).astype(irf_map.data.dtype)
+    return data
 
 
 def _irf_region_maps(irf, seeds):
@@ -472,53 +815,179 @@ def _irf_region_maps(irf, seeds):
     irf_map = irf.edisp_map
     if not isinstance(irf_map, WcsNDMap):
         return [irf.to_region_nd_map(region.center) for region in seeds.regions]
-    maps = [irf_map, irf.exposure_map]
-    pixels = [_nearest_irf_pixels(irf_map, seeds), None]
-    if maps[1] is not None:
-        same = _same_image(maps[1].geom.to_image(), irf_map.geom.to_image())
-        pixels[1] = pixels[0] if same else _nearest_irf_pixels(maps[1], seeds)
-    prepared = []
-    for m in maps:
-        if m is None:
-            prepared.append(None)
-            continue
-        data = m.data
-        if np.any(np.isfinite(data)) and not np.all(np.isfinite(data)):
-            data = np.where(np.isfinite(data), data, 0.0).astype(m.data.dtype)
-        prepared.append(data)
+    # the IRF values of all regions at once, region index first
+    iy, ix, tie = _nearest_irf_pixels(irf_map, seeds)
+    factories = [_RegionMaps(irf_map, np.moveaxis(_finite_irf_data(irf_map)[..., iy, ix], -1, 0))]
+    exposure_map = irf.exposure_map
+    if exposure_map is not None:
+        if not _same_image(exposure_map.geom.to_image(), irf_map.geom.to_image()):
+            iy, ix, tie_exposure = _nearest_irf_pixels(exposure_map, seeds)
+            tie = tie | tie_exposure
+        values = np.moveaxis(_finite_irf_data(exposure_map)[..., iy, ix], -1, 0)
+        factories.append(_RegionMaps(exposure_map, values))
     out = []
     for s, region in enumerate(seeds.regions):
-        if any(p is not None and p[s] is None for p in pixels):
+        if tie[s]:
             out.append(irf.to_region_nd_map(region.center))
             continue
-        point = PointSkyRegion(region.center)
-        region_maps = []
-        for m, data, pix in zip(maps, prepared, pixels):
-            if m is None:
-                region_maps.append(None)
-                continue
-            j, i = pix[s]
-            geom = RegionGeom(point, axes=m.geom.axes, wcs=m.geom.wcs, binsz_wcs=_BINSZ_WCS)
-            region_maps.append(
-                _region_nd_map(geom, data[..., j:j + 1, i:i + 1].copy(), m.unit, m.meta.copy())
-            )
-        out.append(irf.__class__(region_maps[0], exposure_map=region_maps[1]))
+        point = _point_region(region.center)
+        region_maps = [factory.map(factory.geom(point), s) for factory in factories] + [None]
+        out.append(_irf(irf.__class__, region_maps[0], region_maps[1]))
     return out
 
 
+# ----------------------------------------------------------------------------
+# gammapy objects, built without re-validating what the templates guarantee
+# ----------------------------------------------------------------------------
+def _region_geom(region, axes, wcs, ndim):
+    """``RegionGeom(region, axes=axes, wcs=wcs)`` for `MapAxes` ``axes`` (``ndim``:
+    their number plus 2), without rebuilding the axes (the constructor makes new
+    `MapAxes` of the same `MapAxis` objects) and recomputing the data shape."""
+    if not _direct_init_ok():
+        return RegionGeom(region, axes=axes, wcs=wcs, binsz_wcs=_BINSZ_WCS)
+    geom = RegionGeom.__new__(RegionGeom)
+    geom._region = region
+    geom._axes = axes
+    geom._binsz_wcs = _BINSZ_WCS
+    geom._wcs = wcs
+    geom.ndim = ndim
+    return geom
+
+
 def _region_nd_map(geom, data, unit, meta):
-    """``RegionNDMap(geom, data, unit=unit, meta=meta)`` without the data checks.
+    """``RegionNDMap(geom, data, unit=unit, meta=meta)`` without the data checks
+    (``unit``: a `~astropy.units.Unit`).
 
     The callers pass data of shape ``geom.data_shape``; the checks of the
     constructor recompute that shape several times, which dominates the cost of
     building many small maps.
     """
+    if not _direct_init_ok():
+        return RegionNDMap(geom, data=data, unit=unit, meta=meta)
     region_map = RegionNDMap.__new__(RegionNDMap)
     region_map._geom = geom
     region_map._data = data
     region_map._meta = meta
-    region_map._unit = u.Unit(unit)
+    region_map._unit = unit
     return region_map
+
+
+def _point_region(center):
+    """``PointSkyRegion(center)`` without validating the `SkyCoord` of a `CircleSkyRegion`."""
+    if not _direct_init_ok():
+        return PointSkyRegion(center)
+    point = PointSkyRegion.__new__(PointSkyRegion)
+    point.__dict__.update(center=center, meta=RegionMeta(), visual=RegionVisual())
+    return point
+
+
+def _irf(cls, irf_map, exposure_map):
+    """``cls(irf_map, exposure_map=exposure_map)`` for an IRF map class of gammapy,
+    without checking the axis names (those of the map it was extracted from)."""
+    if cls not in (EDispKernelMap, EDispMap) or not _direct_init_ok():
+        return cls(irf_map, exposure_map=exposure_map)
+    irf = cls.__new__(cls)
+    irf._irf_map = irf_map
+    irf.exposure_map = exposure_map
+    return irf
+
+
+@functools.cache
+def _direct_init_ok():
+    """Whether the constructors of gammapy and regions set the attributes that
+    `_region_geom`, `_region_nd_map`, `_irf` and `_point_region` set (checked
+    once per process): if a version sets others, the constructors are used."""
+    energy = MapAxis.from_energy_bounds(1, 10, 2, unit="TeV", name="energy")
+    energy_true = MapAxis.from_energy_bounds(1, 10, 3, unit="TeV", name="energy_true")
+    axes = MapAxes.from_default([energy, energy_true], n_spatial_axes=2)
+    region = PointSkyRegion(SkyCoord(0.0, 0.0, unit="deg", frame="galactic"))
+    wcs = WcsGeom.create(npix=3, binsz=0.1, frame="galactic").wcs
+    geom = RegionGeom(region, axes=axes, wcs=wcs, binsz_wcs=_BINSZ_WCS)
+    region_map = RegionNDMap(geom, data=np.zeros(geom.data_shape), unit="", meta={})
+    expected = [
+        (region, {"center", "meta", "visual"}),
+        (geom, {"_region", "_axes", "_binsz_wcs", "_wcs", "ndim"}),
+        (region_map, {"_geom", "_data", "_meta", "_unit"}),
+    ]
+    migra = MapAxis.from_bounds(0.2, 5, nbin=2, name="migra")
+    migra_map = RegionNDMap.create(region, axes=[migra, energy_true], wcs=wcs)
+    for cls, irf_map in ((EDispKernelMap, region_map), (EDispMap, migra_map)):
+        expected.append((cls(irf_map, exposure_map=None), {"_irf_map", "exposure_map"}))
+    ok = all(set(vars(obj)) == names for obj, names in expected)
+    if not ok:
+        log.debug("gammapy constructors set other attributes: building objects with them")
+    return ok
+
+
+class _RegionMaps:
+    """Builds the `RegionNDMap` s that ``template.to_region_nd_map`` gives, of many regions.
+
+    The `MapAxes` of the template are built once and shared by all geometries
+    (gammapy shares their `MapAxis` objects and the WCS too); data arrays and
+    meta are each map's own.
+
+    Parameters
+    ----------
+    template : `~gammapy.maps.WcsNDMap`
+        Map whose axes, WCS, unit, meta and dtype the region maps take.
+    values : `~numpy.ndarray`
+        Values of the regions, region index first.
+    dtype : `~numpy.dtype`, optional
+        Data type of the region maps; default that of the template.
+    """
+
+    def __init__(self, template, values, dtype=None):
+        self.axes = MapAxes.from_default(template.geom.axes, n_spatial_axes=2)
+        self.wcs = template.geom.wcs
+        self.unit = u.Unit(template.unit)
+        self.meta = template.meta
+        shape = tuple(self.axes.shape[::-1]) + (1, 1)  # RegionGeom.data_shape
+        self.ndim = len(shape)
+        dtype = template.data.dtype if dtype is None else dtype
+        self.values = np.array(values, dtype=dtype).reshape((len(values),) + shape)
+
+    def geom(self, region):
+        return _region_geom(region, self.axes, self.wcs, self.ndim)
+
+    def map(self, geom, s):
+        """Region map of region number ``s`` on ``geom``."""
+        return _region_nd_map(geom, self.values[s].copy(), self.unit, self.meta.copy())
+
+
+def _random_names(n):
+    """``n`` distinct dataset names drawn as ``gammapy.utils.scripts.make_name`` draws
+    one (8 url-safe base64 characters of random bytes, not starting with "_")."""
+    names = []
+    seen = set()
+    while len(names) < n:
+        raw = base64.urlsafe_b64encode(os.urandom(6 * (n - len(names)))).decode()
+        for k in range(0, len(raw), 8):
+            name = raw[k:k + 8]
+            if name[0] != "_" and name not in seen:
+                seen.add(name)
+                names.append(name)
+    return names
+
+
+def _dataset_metas(n):
+    """``n`` dataset metadata equal to the default ``MapDatasetMetaData()``.
+
+    Each dataset gets its own metadata objects (the constructor default
+    deep-copies a class-level creation record); only immutable values and the
+    creation time, an `~astropy.time.Time` that gammapy replaces rather than
+    modifies, are shared.
+    """
+    prototype = MapDatasetMetaData()
+    shared = (type(None), str, int, float, bool)
+    owned = [(field, value) for field, value in prototype if not isinstance(value, shared)]
+    metas = []
+    for _ in range(n):
+        meta = prototype.model_copy()
+        for field, value in owned:
+            meta.__dict__[field] = (value.model_copy() if isinstance(value, BaseModel)
+                                    else copy.deepcopy(value))
+        metas.append(meta)
+    return metas
 
 
 class _Builder:
@@ -532,7 +1001,7 @@ class _Builder:
         self.dataset = dataset
         self.sums = sums
         self.containment_correction = containment_correction
-        self.templates = {
+        templates = {
             "counts": dataset.counts,
             "mask_safe": dataset.mask_safe,
             "mask_fit": dataset.mask_fit,
@@ -540,50 +1009,47 @@ class _Builder:
             "acceptance": getattr(dataset, "acceptance", None),
             "counts_off": getattr(dataset, "counts_off", None),
         }
-        self.templates.update(sums["templates"])
-        self.templates = {k: v for k, v in self.templates.items() if v is not None}
+        templates.update(sums["templates"])
+        templates = {k: v for k, v in templates.items() if v is not None}
         self.geom_key = {}
-        for name, template in self.templates.items():
+        for name, template in templates.items():
             self.geom_key[name] = next(
                 (key for key in set(self.geom_key.values())
-                 if self.templates[key].geom == template.geom),
+                 if templates[key].geom == template.geom),
                 name,
             )
+        self.factories = {
+            name: _RegionMaps(template, sums[name], bool if name.startswith("mask") else None)
+            for name, template in templates.items()
+        }
         self.is_on_off = isinstance(dataset, MapDatasetOnOff)
-        self.shapes = {}
+        self.cls = SpectrumDatasetOnOff if self.is_on_off else SpectrumDataset
 
-    def _map(self, geoms, region, name, data, dtype=None):
-        template = self.templates[name]
+    def _map(self, geoms, region, name, s):
         key = self.geom_key[name]
         geom = geoms.get(key)
         if geom is None:
-            geom = RegionGeom(region, axes=template.geom.axes, wcs=template.geom.wcs,
-                              binsz_wcs=_BINSZ_WCS)
-            geoms[key] = geom
-        shape = self.shapes.get(key)
-        if shape is None:
-            shape = self.shapes[key] = geom.data_shape
-        dtype = template.data.dtype if dtype is None else dtype
-        return _region_nd_map(geom, data.reshape(shape).astype(dtype), template.unit,
-                              template.meta.copy())
+            geom = geoms[key] = self.factories[key].geom(region)
+        return self.factories[name].map(geom, s)
 
-    def build(self, s, region, name, edisp):
+    def build(self, s, region, name, edisp, meta):
         """The spectrum dataset of region number ``s``."""
         sums = self.sums
         dataset = self.dataset
         geoms = {}
         kwargs = {
-            "counts": self._map(geoms, region, "counts", sums["counts"][s]),
+            "counts": self._map(geoms, region, "counts", s),
             "edisp": edisp,
             "gti": dataset.gti,
             "meta_table": dataset.meta_table,
             "name": name,
+            "meta": meta,
         }
         for key in ("mask_safe", "mask_fit"):
             if key in sums:
-                kwargs[key] = self._map(geoms, region, key, sums[key][s], bool)
+                kwargs[key] = self._map(geoms, region, key, s)
         if "exposure" in sums:
-            exposure = self._map(geoms, region, "exposure", sums["exposure"][s])
+            exposure = self._map(geoms, region, "exposure", s)
             if self.containment_correction:
                 containment = dataset.psf.containment(
                     position=region.center,
@@ -593,24 +1059,23 @@ class _Builder:
                 exposure.quantity *= containment.reshape(exposure.geom.data_shape)
             kwargs["exposure"] = exposure
         if self.is_on_off:
-            return self._on_off(geoms, region, s, kwargs)
-        if "background" in sums:
-            kwargs["background"] = self._map(geoms, region, "background", sums["background"][s])
-        return SpectrumDataset(**kwargs)
+            self._on_off(geoms, region, s, kwargs)
+        elif "background" in sums:
+            kwargs["background"] = self._map(geoms, region, "background", s)
+        return self.cls(**kwargs)
 
     def _on_off(self, geoms, region, s, kwargs):
         sums = self.sums
-        kwargs["acceptance"] = self._map(geoms, region, "acceptance", sums["acceptance"][s])
+        kwargs["acceptance"] = self._map(geoms, region, "acceptance", s)
         kwargs["counts_off"] = None
         kwargs["acceptance_off"] = None
         if "counts_off" in sums:
-            counts_off = self._map(geoms, region, "counts_off", sums["counts_off"][s])
-            norm = self._map(geoms, region, "alpha_counts_off", sums["alpha_counts_off"][s])
+            counts_off = self._map(geoms, region, "counts_off", s)
+            norm = self._map(geoms, region, "alpha_counts_off", s)
             acceptance_off = kwargs["acceptance"] * counts_off / norm
             np.nan_to_num(acceptance_off.data, copy=False)
             kwargs["counts_off"] = counts_off
             kwargs["acceptance_off"] = acceptance_off
-        return SpectrumDatasetOnOff(**kwargs)
 
 
 def extract_spectra(dataset, regions, containment_correction=False, names=None):
@@ -665,8 +1130,10 @@ def extract_spectra(dataset, regions, containment_correction=False, names=None):
         if dataset.edisp is not None else [None] * len(regions)
     )
     builder = _Builder(dataset, sums, containment_correction)
+    names = _random_names(len(regions)) if names is None else names
+    metas = _dataset_metas(len(regions))
     return Datasets([
-        builder.build(s, region, names[s] if names is not None else make_name(), edisps[s])
+        builder.build(s, region, names[s], edisps[s], metas[s])
         for s, region in enumerate(regions)
     ])
 
@@ -706,15 +1173,22 @@ def extract_spectra_table(dataset, regions):
     """
     _check_dataset(dataset, False)
     names = _names(regions, None)
-    regions = _parse_regions(regions)
-    sums = _reduce(dataset, _Seeds(regions))
+    seeds = _Seeds(_parse_regions(regions))
+    sums = _reduce(dataset, seeds)
     table = Table()
     if names is not None:
         table["name"] = names
-    sph = [r.center.spherical for r in regions]
-    table["lon"] = u.Quantity([s.lon.wrap_at(360 * u.deg).to(u.deg) for s in sph])
-    table["lat"] = u.Quantity([s.lat.to(u.deg) for s in sph])
-    table["radius"] = u.Quantity([r.radius.to(u.deg) for r in regions])
+    for name in ("lon", "lat", "radius"):
+        table[name] = u.Quantity(np.empty(len(seeds)), u.deg)
+    for group in seeds.groups:
+        if group.lon is None:
+            sph = group.centers.spherical
+            lon, lat = sph.lon, sph.lat
+        else:
+            lon, lat = group.lon, group.lat
+        table["lon"][group.members] = lon.wrap_at(360 * u.deg).to(u.deg)
+        table["lat"][group.members] = lat.to(u.deg)
+        table["radius"][group.members] = group.radius.to(u.deg)
     table["npix"] = sums["n_pix"].astype(np.int64)
     counts = sums["counts"].astype(dataset.counts.data.dtype)
     table["counts"] = counts
@@ -751,7 +1225,10 @@ class IndexMapEstimator:
     circle centred on the pixel. A `~gammapy.modeling.models.PowerLawSpectralModel`
     forward-folded through the energy dispersion is fitted to it with the Cash
     statistic, in the reconstructed energy bins inside ``energy_edges`` that are
-    safe, by a compiled per-pixel fit (`gpsfast.kernels.plfit`).
+    safe, by a compiled per-pixel fit (`gpsfast.kernels.plfit`). With more than
+    two ``energy_edges`` the fit is done in each energy band separately (as
+    gammapy estimators do with ``energy_edges``), and the maps get an
+    ``energy`` axis with one plane per band.
 
     Pixels without enough signal are not given a number: their index and
     amplitude are NaN and the ``flag`` map tells why (`gpsfast.kernels.plfit`
@@ -763,7 +1240,10 @@ class IndexMapEstimator:
     correlation_radius : `~astropy.units.Quantity`
         Radius of the disk in which spectra are summed. Default 0.1 deg.
     energy_edges : `~astropy.units.Quantity`, optional
-        Reconstructed energy range ``[min, max]`` of the fit; default: all bins.
+        Reconstructed energy range ``[min, max]`` of the fit, or edges of
+        several bands ``[e0, e1, ..., en]`` (one fit per band); default: all
+        bins. A reconstructed energy bin belongs to a band when it lies
+        entirely inside it (``WcsGeom.energy_mask``).
     reference_energy : `~astropy.units.Quantity`
         Reference energy of the power law. Default 1 TeV.
     index_range : tuple of float
@@ -780,8 +1260,12 @@ class IndexMapEstimator:
         if not self.correlation_radius.to_value(u.deg) > 0:
             raise InputError(f"correlation_radius must be positive, got {correlation_radius}")
         self.energy_edges = None if energy_edges is None else u.Quantity(energy_edges)
-        if self.energy_edges is not None and self.energy_edges.shape != (2,):
-            raise InputError(f"energy_edges must be [min, max], got {energy_edges}")
+        if self.energy_edges is not None:
+            edges = self.energy_edges
+            if (edges.ndim != 1 or edges.size < 2 or not edges.unit.is_equivalent(u.TeV)
+                    or not np.all(np.diff(edges.value) > 0)):
+                raise InputError("energy_edges must be increasing energies [min, max] or "
+                                 f"[e0, e1, ..., en], got {energy_edges}")
         self.reference_energy = u.Quantity(reference_energy)
         self.index_range = tuple(float(v) for v in index_range)
         if not self.index_range[0] < self.index_range[1]:
@@ -825,7 +1309,9 @@ class IndexMapEstimator:
         -------
         maps : `~gammapy.maps.Maps`
             ``index``, ``index_err``, ``amplitude``, ``amplitude_err`` (at the
-            reference energy), ``ts``, ``sqrt_ts`` and ``flag`` images.
+            reference energy), ``ts``, ``sqrt_ts`` and ``flag`` images; with
+            more than two ``energy_edges``, maps with an ``energy`` axis of the
+            bands.
         """
         self._check(dataset)
         geom = dataset.counts.geom
@@ -839,11 +1325,7 @@ class IndexMapEstimator:
         counts = correlate_masked(_native(dataset.counts.data), safe, disk)
         background = correlate_masked(_native(dataset.npred_background().data), safe, disk)
         n_safe = correlate_masked(np.ones((1,) + image.data_shape), safe, disk)
-        use = np.broadcast_to(n_safe > 0, counts.shape).copy()
-        if self.energy_edges is not None:
-            in_range = geom.energy_mask(energy_min=self.energy_edges[0],
-                                        energy_max=self.energy_edges[1]).data
-            use &= np.asarray(in_range, bool)
+        use = np.broadcast_to(n_safe > 0, counts.shape)
         n_pix = correlate_masked(np.ones((1,) + image.data_shape), ones_mask, disk)[0]
         exposure = correlate_masked(_native(dataset.exposure.data), ones_mask, disk) / n_pix
         exposure *= (1 * dataset.exposure.unit).to_value("cm2 s")
@@ -852,11 +1334,22 @@ class IndexMapEstimator:
         energy_true = dataset.exposure.geom.axes["energy_true"]
         e_lo = energy_true.edges[:-1].to_value(u.TeV)
         e_hi = energy_true.edges[1:].to_value(u.TeV)
-        result = fit_powerlaw_map(
-            counts, background, use, exposure, edisp, iy, ix, e_lo, e_hi,
-            self.reference_energy.to_value(u.TeV), self.index_range[0], self.index_range[1],
-            self.ts_threshold,
-        )
+        results = []
+        for band in self._bands(geom):
+            results.append(fit_powerlaw_map(
+                counts, background, use & band, exposure, edisp, iy, ix, e_lo, e_hi,
+                self.reference_energy.to_value(u.TeV), self.index_range[0], self.index_range[1],
+                self.ts_threshold,
+            ))
+        # (n_bands, 6, ny, nx): amplitude, index, their errors, ts, flag
+        result = np.stack([np.stack(r) for r in results])
+        if self.energy_edges is not None and len(self.energy_edges) > 2:
+            geom_out = image.to_cube([MapAxis.from_energy_edges(self.energy_edges,
+                                                                name="energy")])
+        else:
+            geom_out = image
+            result = result[0]
+        result = np.moveaxis(result, -3, 0)
         amplitude_unit = u.Unit("cm-2 s-1 TeV-1")
         ts = result[4]
         with np.errstate(invalid="ignore"):
@@ -871,5 +1364,16 @@ class IndexMapEstimator:
             "flag": (result[5].astype(np.int16), ""),
         }
         return Maps(**{
-            name: Map.from_geom(image, data=data, unit=unit) for name, (data, unit) in maps.items()
+            name: Map.from_geom(geom_out, data=data, unit=unit)
+            for name, (data, unit) in maps.items()
         })
+
+    def _bands(self, geom):
+        """Per band, the reconstructed energy bins it holds: (n_energy, 1, 1) bool arrays."""
+        if self.energy_edges is None:
+            return [np.ones((geom.axes["energy"].nbin, 1, 1), bool)]
+        return [
+            np.asarray(geom.energy_mask(energy_min=lo, energy_max=hi).data, bool)[..., :1, :1]
+            for lo, hi in itertools.pairwise(self.energy_edges)
+        ]
+

@@ -14,15 +14,18 @@ is ``r_in <= d < r_out`` (``CircleAnnulusPixelRegion``).
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic, overload
 
 __all__ = [
-    "DISK",
     "ANNULUS",
+    "DISK",
     "GAUSS",
+    "aperture_pixels",
     "aperture_sums",
     "correlate_masked",
     "disk_weights",
+    "pixel_sums",
 ]
 
 DISK = 0
@@ -74,9 +77,10 @@ def aperture_sums(cube, mask, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi
 
     Parameters
     ----------
-    cube : ndarray, shape (n_energy, ny, nx), float
-        Data. Non-finite values propagate into the sums of the apertures that
-        select them.
+    cube : ndarray, shape (n_energy, ny, nx)
+        Data: float32 or float64, or the unsigned-integer view of byte-swapped
+        floats (see `pixel_sums`). Non-finite values propagate into the sums of
+        the apertures that select them.
     mask : ndarray, shape (n_mask, ny, nx), bool
         Pixels to use; ``n_mask`` is ``n_energy`` or 1.
     cx, cy : ndarray, shape (n,), float64
@@ -100,14 +104,36 @@ def aperture_sums(cube, mask, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi
 
     Notes
     -----
-    The aperture pixels of all positions are listed first; then each energy
-    plane is read once for all apertures (planes stay in cache), as flat
-    arrays: C-contiguous ``cube`` and ``mask`` avoid copies.
+    `aperture_pixels` then `pixel_sums`: to sum several cubes on the same
+    apertures, call those two directly and list the aperture pixels once.
     """
-    n_energy, ny, nx = cube.shape
-    n_mask = mask.shape[0]
+    _, ny, nx = cube.shape
+    pix, weight, start, stop, norm_all = aperture_pixels(
+        ny, nx, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi, kind
+    )
+    sums, norm = pixel_sums(cube, mask, pix, weight, start, stop)
+    return sums, norm, norm_all
+
+
+@njit(cache=True, nogil=True)
+def aperture_pixels(ny, nx, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi, kind):
+    """Pixels and weights of apertures around many positions on a ``(ny, nx)`` image.
+
+    Parameters are those of `aperture_sums` (apertures, windows, ``kind``).
+
+    Returns
+    -------
+    pix : ndarray, shape (m,), int64
+        Flat pixel index ``j * nx + i`` of the aperture pixels, aperture after
+        aperture, each in row-major order.
+    weight : ndarray, shape (m,), float64
+        Their weights.
+    start, stop : ndarray, shape (n,), int64
+        Aperture ``s`` is ``pix[start[s]:stop[s]]``.
+    norm_all : ndarray, shape (n,), float64
+        Sum of the weights of each aperture.
+    """
     n = cx.shape[0]
-    # aperture pixels (flat index) and weights of all apertures, one after the other
     start = np.zeros(n + 1, dtype=np.int64)
     box = np.zeros((n, 4), dtype=np.int64)
     for s in range(n):
@@ -135,28 +161,92 @@ def aperture_sums(cube, mask, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi
                     norm_all[s] += w
                     m += 1
         stop[s] = m
-    # one energy plane at a time, for all apertures: each plane stays in cache
-    sums = np.zeros((n, n_energy), dtype=np.float64)
-    norm = np.zeros((n, n_energy), dtype=np.float64)
-    for e in range(n_energy):
-        _plane_sums(cube[e].ravel(), mask[min(np.int64(e), n_mask - 1)].ravel(), pix, weight,
-                    start, stop, sums[:, e], norm[:, e])
-    return sums, norm, norm_all
+    return pix, weight, start[:n].copy(), stop, norm_all
 
 
 @njit(cache=True, nogil=True)
-def _plane_sums(plane, mask, pix, weight, start, stop, sums, norm):
-    """Sums of one flattened plane over the aperture pixel lists (see `aperture_sums`)."""
-    for s in range(start.shape[0] - 1):
-        acc = 0.0
-        wacc = 0.0
+def pixel_sums(cube, mask, pix, weight, start, stop):
+    """Weighted sums of every energy plane of a cube over lists of pixels.
+
+    Parameters
+    ----------
+    cube : ndarray, shape (n_energy, ny, nx)
+        float32 or float64 data; or, for floats stored in the non-native byte
+        order (FITS data are big-endian), their raw bytes viewed as native
+        uint32 or uint64 (``data.view(np.uint32)``): the values read are
+        byte-swapped back, so that no swapped copy of the cube is needed.
+    mask : ndarray, shape (n_mask, ny, nx), bool
+        Pixels to use; ``n_mask`` is ``n_energy`` or 1.
+    pix, weight, start, stop : ndarray
+        Pixel lists, as returned by `aperture_pixels`.
+
+    Returns
+    -------
+    sums : ndarray, shape (n, n_energy), float64
+        Sum of ``weight * cube`` over the listed pixels with ``mask`` true, in
+        list order.
+    norm : ndarray, shape (n, n_energy), float64
+        Sum of ``weight`` over the listed pixels with ``mask`` true.
+    """
+    n_energy = cube.shape[0]
+    n_mask = mask.shape[0]
+    # flat planes (a view of C-contiguous arrays, else a contiguous copy)
+    flat = np.ascontiguousarray(cube).reshape(n_energy, cube.shape[1] * cube.shape[2])
+    flat_mask = np.ascontiguousarray(mask).reshape(n_mask, mask.shape[1] * mask.shape[2])
+    n = start.shape[0]
+    sums = np.zeros((n, n_energy), dtype=np.float64)
+    norm = np.zeros((n, n_energy), dtype=np.float64)
+    # pixel after pixel, all energies at once: the sums of the energies are
+    # independent chains of additions, which the processor overlaps; each sum
+    # still adds its pixels in list order
+    acc = np.zeros(n_energy, dtype=np.float64)
+    wacc = np.zeros(n_energy, dtype=np.float64)
+    for s in range(n):
+        acc[:] = 0.0
+        wacc[:] = 0.0
         for k in range(start[s], stop[s]):
             p = pix[k]
-            if mask[p]:
-                acc += weight[k] * plane[p]
-                wacc += weight[k]
+            w = weight[k]
+            if n_mask == 1:
+                if flat_mask[0, p]:
+                    for e in range(n_energy):
+                        acc[e] += w * _value(flat[e, p])
+                        wacc[e] += w
+            else:
+                for e in range(n_energy):
+                    if flat_mask[e, p]:
+                        acc[e] += w * _value(flat[e, p])
+                        wacc[e] += w
         sums[s] = acc
         norm[s] = wacc
+    return sums, norm
+
+
+@intrinsic
+def _swapped_float(typingctx, raw):
+    """The float whose bytes are those of the unsigned integer ``raw``, reversed."""
+    if raw not in (types.uint32, types.uint64):
+        return None
+    out = types.float32 if raw.bitwidth == 32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        swapped = builder.bswap(args[0])
+        return builder.bitcast(swapped, context.get_value_type(out))
+
+    return out(raw), codegen
+
+
+def _value(x):
+    """A cube element as a float (`pixel_sums`)."""
+
+
+@overload(_value, jit_options={"cache": True})
+def _value_overload(x):
+    if isinstance(x, types.Float):
+        return lambda x: x
+    if x in (types.uint32, types.uint64):
+        return lambda x: _swapped_float(x)
+    return None
 
 
 @njit(cache=True, nogil=True)

@@ -1,4 +1,5 @@
 """Parity of gpsfast.spectra with gammapy's MapDataset.to_spectrum_dataset."""
+import re
 import warnings
 
 import astropy.units as u
@@ -12,11 +13,13 @@ from gammapy.datasets import (
     SpectrumDataset,
     SpectrumDatasetOnOff,
 )
+from gammapy.datasets.metadata import MapDatasetMetaData
 from gammapy.irf import EDispMap, PSFMap
 from gammapy.maps import MapAxis, WcsGeom
 from numpy.testing import assert_allclose, assert_array_equal
 from regions import CircleSkyRegion, RectangleSkyRegion
 
+from gpsfast import spectra
 from gpsfast.errors import InputError
 from gpsfast.spectra import extract_spectra, extract_spectra_table
 
@@ -402,6 +405,30 @@ def test_spectra_table(car_dataset, onoff_dataset):
     assert_allclose(onoff["background"][0], ref.background.data.ravel(), rtol=RTOL)
 
 
+def test_spectra_table_positions(car_dataset):
+    """Centre and radius columns: each region's own values, in its own frame, in degrees."""
+    regions = _seeds(car_dataset.counts.geom, 12, seed=20, max_radius_deg=0.5)
+    mixed = []
+    for k, region in enumerate(regions):
+        center, radius = region.center, region.radius
+        if k % 4 == 1:
+            icrs = center.icrs
+            center = SkyCoord(icrs.ra.to(u.hourangle), icrs.dec, frame="icrs")
+        elif k % 4 == 2:
+            radius = radius.to(u.arcmin)
+        elif k % 4 == 3:
+            center = SkyCoord(center.l, center.b, distance=2 * u.kpc, frame="galactic")
+        mixed.append(CircleSkyRegion(center, radius))
+    good = [r for r, ref in zip(mixed, _gammapy(car_dataset, mixed)) if ref is not None]
+    table = extract_spectra_table(car_dataset, good)
+    for row, region in zip(table, good):
+        sph = region.center.spherical
+        assert row["lon"] == sph.lon.wrap_at(360 * u.deg).deg
+        assert row["lat"] == sph.lat.deg
+        assert row["radius"] == region.radius.to_value(u.deg)
+    assert table["lon"].unit == table["radius"].unit == u.deg
+
+
 def test_bad_input(car_dataset):
     center = car_dataset.counts.geom.center_skydir
     with pytest.raises(InputError, match="only CircleSkyRegion"):
@@ -413,6 +440,120 @@ def test_bad_input(car_dataset):
     with pytest.raises(InputError, match="WcsGeom"):
         extract_spectra(extract_spectra(car_dataset, [CircleSkyRegion(center, 0.2 * u.deg)])[0],
                         [CircleSkyRegion(center, 0.2 * u.deg)])
+
+
+# ----------------------------------------------------------------------------
+# fast paths of extract_spectra: big-endian data, sky numerics, object building
+# ----------------------------------------------------------------------------
+def test_fast_paths_are_taken():
+    """The parity tests above go through the fast paths, not their fallbacks."""
+    assert spectra._plain_sky_exact()
+    assert spectra._direct_init_ok()
+
+
+def test_big_endian_dataset_parity(car_dataset):
+    """Maps read from FITS are big-endian: the spectra of gammapy and of native-order maps."""
+    dataset = car_dataset.copy(name="big-endian")
+    for m in [dataset.counts, dataset.background, dataset.exposure, dataset.edisp.edisp_map,
+              dataset.edisp.exposure_map]:
+        m.data = m.data.astype(m.data.dtype.newbyteorder(">"))
+    dataset.counts.data = dataset.counts.data.astype(">f8")
+    assert not dataset.exposure.data.dtype.isnative
+    regions = _seeds(dataset.counts.geom, 15, seed=30)
+    out = _check_parity(dataset, regions)
+    native = extract_spectra(car_dataset, [d.counts.geom.region for d in out])
+    for a, b in zip(out, native):
+        assert_array_equal(a.counts.data, b.counts.data)
+        assert_array_equal(a.background.data, b.background.data)
+        assert_array_equal(a.exposure.data, b.exposure.data)
+
+
+def _sky_seeds(geom, n, seed):
+    rng = np.random.default_rng(seed)
+    ny, nx = geom.data_shape
+    x, y = rng.uniform(-0.5, nx - 0.5, n), rng.uniform(-0.5, ny - 0.5, n)
+    lon, lat = geom.pix_to_coord((x, y))
+    radius = rng.uniform(0.5, 0.3 * min(nx, ny), n) * geom.pixel_scales[1].deg
+    return [CircleSkyRegion(SkyCoord(a, b, unit="deg", frame=geom.frame), c * u.deg)
+            for a, b, c in zip(lon, lat, radius)]
+
+
+@pytest.mark.parametrize("frame, proj, skydir, binsz", [
+    ("galactic", "CAR", (0.0, 0.2), 0.02),  # across longitude 0
+    ("galactic", "AIT", (300.0, 5.0), 0.1),
+    ("icrs", "TAN", (83.6, 22.0), 0.07),
+    ("icrs", "TAN", (10.0, 89.0), 0.05),  # around the pole
+])
+def test_plain_sky_numbers_are_skycoord_numbers(frame, proj, skydir, binsz):
+    """Pixel circles and cutouts computed without SkyCoord equal the SkyCoord ones, bit for bit."""
+    image = WcsGeom.create(skydir=skydir, width=(6, 4), binsz=binsz, frame=frame, proj=proj)
+    regions = _sky_seeds(image, 60, seed=31)
+    if frame == "icrs":  # other units of the same frame: their own group
+        regions += [CircleSkyRegion(SkyCoord(r.center.ra.to(u.hourangle), r.center.dec,
+                                             frame="icrs"), r.radius.to(u.arcmin))
+                    for r in regions[:10]]
+        regions.append(CircleSkyRegion(SkyCoord(0.0, 90.0, unit="deg", frame="icrs"),
+                                       0.3 * u.deg) if skydir[1] > 80 else regions[0])
+    seeds = spectra._Seeds(regions)
+    assert all(isinstance(spectra._sky(image.wcs, g, True), spectra._PlainSky)
+               for g in seeds.groups)
+    fast = spectra._circles(image, seeds, plain=True)
+    slow = spectra._circles(image, seeds, plain=False)
+    for name in spectra._CIRCLE_FIELDS:
+        assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+
+
+def test_north_offsets_are_directional_offset_by():
+    rng = np.random.default_rng(32)
+    lon = np.concatenate([rng.uniform(0, 360, 200), [0.0, 359.9999999, 180.0, 45.0, 10.0]])
+    lat = np.concatenate([rng.uniform(-90, 90, 200), [0.0, -1e-9, 89.9999999, -90.0, 90.0]])
+    for unit in [u.deg, u.rad]:
+        coords = SkyCoord((lon * u.deg).to(unit), (lat * u.deg).to(unit), frame="galactic")
+        sph = coords.directional_offset_by(0.0, spectra._OFFSET).spherical
+        data = coords.frame.data
+        new_lon, new_lat = spectra._north_offsets(data.lon, data.lat)
+        assert_array_equal(new_lon, sph.lon.degree)
+        assert_array_equal(new_lat, sph.lat.degree)
+
+
+def test_fallback_paths_same_spectra(car_dataset, monkeypatch):
+    """With the SkyCoord calls and gammapy's constructors, the same spectra."""
+    regions = [r for r, ref in zip(_seeds(car_dataset.counts.geom, 12, 33),
+                                   _gammapy(car_dataset, _seeds(car_dataset.counts.geom, 12, 33)))
+               if ref is not None]
+    fast = extract_spectra(car_dataset, regions)
+    monkeypatch.setattr(spectra, "_plain_sky_exact", lambda: False)
+    monkeypatch.setattr(spectra, "_direct_init_ok", lambda: False)
+    slow = _check_parity(car_dataset, regions)
+    for a, b in zip(fast, slow):
+        for key in ["counts", "background", "exposure", "mask_safe"]:
+            assert_array_equal(getattr(a, key).data, getattr(b, key).data)
+            assert getattr(a, key).geom == getattr(b, key).geom
+        assert_array_equal(a.edisp.edisp_map.data, b.edisp.edisp_map.data)
+
+
+def test_datasets_are_independent(car_dataset):
+    """Each dataset owns its data, maps and metadata, as the gammapy loop gives them."""
+    regions = [CircleSkyRegion(car_dataset.counts.geom.center_skydir, r * u.deg)
+               for r in (0.2, 0.3, 0.4)]
+    out = extract_spectra(car_dataset, regions)
+    ref = _gammapy(car_dataset, regions[:1])[0]
+    assert out[0].meta == ref.meta == MapDatasetMetaData()
+    assert out[0].meta is not out[1].meta and out[0].meta.creation is not out[1].meta.creation
+    out[0].meta.creation.update_time()
+    assert out[1].meta == ref.meta
+    before = [d.counts.data.copy() for d in out[1:]]
+    for key in ["counts", "background", "exposure", "mask_safe"]:
+        getattr(out[0], key).data[...] = 0
+    out[0].edisp.edisp_map.data[...] = -1
+    out[0].edisp.exposure_map.data[...] = -1
+    for d, counts in zip(out[1:], before):
+        assert_array_equal(d.counts.data, counts)
+        assert np.all(d.exposure.data > 0) and d.mask_safe.data.any()
+        assert np.all(d.edisp.edisp_map.data >= 0) and np.all(d.edisp.exposure_map.data > 0)
+    assert len(set(out.names)) == 3
+    for name in out.names:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{8}", name) and name[0] != "_"
 
 
 # ----------------------------------------------------------------------------
@@ -612,6 +753,27 @@ def test_index_map_edisp_map_dataset(tan_dataset):
     assert maps["amplitude"].unit == u.Unit("cm-2 s-1 TeV-1")
 
 
+def test_index_map_energy_bands(source_dataset):
+    """One index map per energy band: each the map of the band run on its own."""
+    from gpsfast.spectra import IndexMapEstimator
+
+    edges = [1, 10, 100] * u.TeV
+    radius = 0.15 * u.deg
+    maps = IndexMapEstimator(correlation_radius=radius, energy_edges=edges).run(source_dataset)
+    axis = maps["index"].geom.axes["energy"]
+    assert_allclose(axis.edges.to_value(u.TeV), edges.value)
+    assert maps["index"].data.shape == (2,) + source_dataset.counts.geom.to_image().data_shape
+    for k in range(2):
+        band = IndexMapEstimator(correlation_radius=radius, energy_edges=edges[k:k + 2]).run(
+            source_dataset)
+        assert band["index"].geom.is_image
+        for name in band:
+            assert maps[name].unit == band[name].unit
+            assert_array_equal(maps[name].data[k], band[name].data)
+        assert np.sum(band["flag"].data == 0) > 10  # fitted pixels in each band
+    assert not np.array_equal(maps["index"].data[0], maps["index"].data[1], equal_nan=True)
+
+
 def test_index_map_bad_input(onoff_dataset, car_dataset):
     from gpsfast.spectra import IndexMapEstimator
 
@@ -621,6 +783,9 @@ def test_index_map_bad_input(onoff_dataset, car_dataset):
         IndexMapEstimator(correlation_radius=0 * u.deg)
     with pytest.raises(InputError, match="index_range"):
         IndexMapEstimator(index_range=(3, 2))
+    for edges in ([10, 1] * u.TeV, [1] * u.TeV, [1, 2] * u.deg, [[1, 2], [3, 4]] * u.TeV):
+        with pytest.raises(InputError, match="energy_edges"):
+            IndexMapEstimator(energy_edges=edges)
     no_edisp = car_dataset.copy(name="noedisp")
     no_edisp.edisp = None
     with pytest.raises(InputError, match="edisp"):
