@@ -30,6 +30,7 @@ from gammapy.modeling.models import (
 )
 
 from gpsfast.accelerate import accelerated
+from gpsfast.fit import fast_dataset
 
 
 def population(center, width, height, n_sources, seed=1):
@@ -129,3 +130,28 @@ def test_likelihood_call(benchmark, postev_gps, impl, variant):
 
     assert np.isfinite(call())
 
+
+
+@pytest.mark.parametrize("variant", ["all parameters", "spatial"])
+@pytest.mark.parametrize("impl", ["gammapy", "gpsfast"])
+def test_likelihood_call_fast_dataset(benchmark, postev_gps, impl, variant):
+    dataset = group_cutout(postev_gps)
+    if impl == "gpsfast":
+        dataset = fast_dataset(dataset)
+    free = dataset.models.parameters.free_parameters
+    assert len(free) == 19
+    if variant == "spatial":
+        free = [par for par in free if par.name == "r_0"]
+    state = {"step": 0}
+
+    def move_one_parameter():
+        par = free[state["step"] % len(free)]
+        sign = 1 if (state["step"] // len(free)) % 2 == 0 else -1
+        par.value *= 1 + sign * 1e-4
+        state["step"] += 1
+
+    benchmark.group = f"FastMapDataset: one likelihood call, 3-source group cutout 3x3 deg ({variant})"
+    benchmark.extra_info["impl"] = impl
+    reference = dataset.stat_sum()  # warm-up: evaluators, kernels, compilation
+    benchmark.pedantic(dataset.stat_sum, setup=move_one_parameter, rounds=190, iterations=1)
+    assert np.isfinite(reference)

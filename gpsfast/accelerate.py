@@ -13,6 +13,8 @@ deep copies, datasets read from disk) compute npred and likelihoods with:
   `gpsfast.models.GeneralizedGaussianSpatialModel`;
 - the PSF kernels of `gpsfast.fit.FastPSFMap` and the energy dispersion kernels
   of `gpsfast.fit.FastEDispKernelMap`;
+- the predicted counts and Cash statistic of `gpsfast.fit.FastMapDataset`
+  (cached spatial and spectral pieces per source, compiled folding and statistic);
 
 with the same results: npred within 1e-6 of its peak in every bin and 1e-6
 relative in total (the Sersic integrals agree to 1e-4 relative, the PSF kernels to
@@ -34,7 +36,12 @@ gammapy attribute                                     replacement
 ``EDispKernelMap.get_edisp_kernel``                   ``FastEDispKernelMap.get_edisp_kernel``
 ``WcsNDMap.convolve``                                 `convolve_psf` for a `~gammapy.irf.PSFKernel`
                                                       (``method="fft"``, ``mode="same"``)
-``WcsGeom.cutout_slices``                             gammapy's, kept per pair of image geometries
+``WcsGeom.cutout_slices``                             gammapy's, kept per pair of image geometries;
+                                                      from the reference-pixel shift for cutouts
+``WcsGeom.cutout`` (``mode="trim"``)                  ``Cutout2D``'s geometry without the array
+``SkyModel.contributes``                              the mask cutout's slices, no cutout built
+``MapDataset.npred_signal`` (``stack=True``)          `gpsfast.fit.FastMapDataset`'s evaluation
+``MapDataset.stat_sum`` (Cash)                        `gpsfast.fit.FastMapDataset`'s statistic
 ====================================================  =====================================
 
 The methods run on a *twin*: a gpsfast object sharing the gammapy object's
@@ -56,6 +63,20 @@ Other kernels, methods and modes run gammapy's ``convolve``.
 likelihood call, through sky coordinates) depends only on the two image
 geometries (WCS parameters and shapes) and the mode: gammapy's result is kept
 per such key (geometries with WCS distortions, or irregular ones, are not kept).
+
+``WcsGeom.cutout`` in "trim" mode (what ``MapEvaluator`` runs for the exposure
+cutout of every source) builds the cutout geometry as ``Cutout2D`` does (same
+pixel position, size rounding and slices; the parent WCS with the reference
+pixel moved) without the ``Cutout2D`` machinery; ``SkyModel.contributes`` finds
+the mask pixels of that cutout the same way. Positions in another frame than the
+geometry's, and WCS with distortions, run gammapy's code.
+
+``MapDataset.npred_signal`` and ``stat_sum`` of plain MapDatasets run the
+evaluation of `gpsfast.fit.FastMapDataset` (gammapy's evaluators still decide
+when cutouts and kernels are updated); its cached pieces are kept per dataset
+while the mode is on (counts and masks are read at every call; the background
+map, like gammapy's own ``npred_background`` cache, is read again when the
+background parameters change or the map is replaced).
 
 Patching the methods rather than the class names means that models created
 before the block, or with a class imported before it (the usual
@@ -82,7 +103,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["accelerate", "accelerated", "convolve_psf", "deaccelerate", "is_accelerated"]
+__all__ = ["accelerate", "accelerated", "convolve_planes", "convolve_psf", "deaccelerate", "is_accelerated"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +113,7 @@ _TWIN_LOCK = threading.Lock()
 _STATE = {"depth": 0, "saved": None}
 _TWINS = weakref.WeakKeyDictionary()
 _KERNEL_SPECTRA = weakref.WeakKeyDictionary()
+_DATASET_STATES = weakref.WeakKeyDictionary()
 _SLICES = {}
 _MAX_SLICES = 4096
 _GENERALIZED_GAUSSIAN_PARAMETERS = ("lon_0", "lat_0", "r_0", "eta", "e", "phi")
@@ -140,6 +162,7 @@ def deaccelerate():
             with _TWIN_LOCK:
                 _TWINS.clear()
                 _KERNEL_SPECTRA.clear()
+                _DATASET_STATES.clear()
                 _SLICES.clear()
             log.debug("gpsfast drop-in mode off: gammapy restored")
 
@@ -188,9 +211,11 @@ def _restore(saved):
 
 def _patches():
     """(class, attribute name, replacement) of the drop-in mode."""
+    from gammapy.datasets import MapDataset
     from gammapy.irf import EDispKernelMap, PSFKernel, PSFMap
     from gammapy.maps import WcsGeom, WcsNDMap
     from gammapy.modeling.models import GeneralizedGaussianSpatialModel as GammapyModel
+    from gammapy.modeling.models import SkyModel
 
     from gpsfast.fit import FastEDispKernelMap, FastPSFMap
     from gpsfast.models.sersic import GeneralizedGaussianSpatialModel as FastModel
@@ -216,6 +241,10 @@ def _patches():
         (EDispKernelMap, "get_edisp_kernel", _twin_method(EDispKernelMap, "get_edisp_kernel", edisp_twin)),
         (WcsNDMap, "convolve", _convolve_patch(WcsNDMap, PSFKernel)),
         (WcsGeom, "cutout_slices", _cutout_slices_patch(WcsGeom)),
+        (SkyModel, "contributes", _contributes_patch(SkyModel, WcsGeom)),
+        (WcsGeom, "cutout", _geom_cutout_patch(WcsGeom)),
+        (MapDataset, "npred_signal", _npred_signal_patch(MapDataset)),
+        (MapDataset, "stat_sum", _stat_sum_patch(MapDataset)),
     ]
 
 
@@ -289,19 +318,29 @@ def _evaluate_patch(cls, fast_cls):
 
 
 def _cutout_slices_patch(cls):
-    """``cutout_slices`` of ``cls`` whose result is kept per (WCS, shape, WCS, shape, mode)."""
+    """``cutout_slices`` of ``cls`` whose result is kept per (WCS, shape, WCS, shape, mode).
+
+    A geometry that differs from the parent only by an integer shift of the
+    reference pixel (what ``cutout`` makes) gets its slices from that shift:
+    gammapy finds the parent pixel of the cutout's centre through sky
+    coordinates, which lands on the same pixel (to rounding far below the
+    half pixel where ``overlap_slices`` rounds).
+    """
     original, wrapped = _original(cls, "cutout_slices")
 
     @functools.wraps(wrapped)
     def cutout_slices(self, geom, mode="partial"):
         if type(self) is not cls or type(geom) is not cls:
             return original(self, geom, mode=mode)
-        key = _image_key(self), _image_key(geom), mode
-        if key[0] is None or key[1] is None:
+        own, parent = _image_key_parts(self), _image_key_parts(geom)
+        if own is None or parent is None:
             return original(self, geom, mode=mode)
+        key = own[0] + (own[1].tobytes(),), parent[0] + (parent[1].tobytes(),), mode
         slices = _SLICES.get(key)
         if slices is None:
-            slices = original(self, geom, mode=mode)
+            slices = _shifted_slices(own, parent, mode)
+            if slices is None:
+                slices = original(self, geom, mode=mode)
             if len(_SLICES) >= _MAX_SLICES:
                 _SLICES.clear()
             _SLICES[key] = slices
@@ -310,24 +349,219 @@ def _cutout_slices_patch(cls):
     return cutout_slices
 
 
-def _image_key(geom):
-    """Everything a WcsGeom's pixel <-> sky transform depends on, None where not sure."""
+def _shifted_slices(own, parent, mode):
+    """Cutout slices of a geometry shifted by whole pixels from its parent, else None."""
+    from astropy.nddata.utils import overlap_slices
+
+    if own[0][:-1] != parent[0][:-1]:
+        return None
+    shift = parent[1] - own[1]
+    if not np.all(np.abs(shift - np.round(shift)) < 1e-9):
+        return None
+    shape = own[0][-1]
+    # the parent pixel of the cutout's centre pixel, (y, x)
+    position = [(n - 1) / 2.0 + offset for n, offset in zip(shape, np.round(shift)[::-1])]
+    slices = overlap_slices(
+        large_array_shape=parent[0][-1], small_array_shape=shape, position=position, mode=mode
+    )
+    return {"parent-slices": slices[0], "cutout-slices": slices[1]}
+
+
+def _geom_cutout_patch(cls):
+    """``cutout`` of ``cls`` building ``Cutout2D``'s "trim" geometry without the cutout array."""
+    original, wrapped = _original(cls, "cutout")
+
+    @functools.wraps(wrapped)
+    def cutout(self, position, width, mode="trim", odd_npix=False, min_npix=1):
+        if type(self) is cls and mode == "trim":
+            result = _trim_cutout(self, position, width, odd_npix, min_npix)
+            if result is not None:
+                return result
+        return original(self, position, width, mode=mode, odd_npix=odd_npix, min_npix=min_npix)
+
+    return cutout
+
+
+def _sky_pixel(geom, position):
+    """Pixel (x, y) of a scalar SkyCoord on a WCS geometry in its own frame, else None.
+
+    As ``skycoord_to_pixel(position, wcs, mode="all")`` where no frame
+    transformation is needed.
+    """
+    from astropy.coordinates import SkyCoord
+
+    wcs = geom.wcs
+    if (
+        not isinstance(position, SkyCoord)
+        or not position.isscalar
+        or position.frame.name != geom.frame
+        or geom.frame not in ("galactic", "icrs")
+        or wcs.has_distortion
+        or wcs.sip is not None
+        or (str(wcs.wcs.cunit[0]), str(wcs.wcs.cunit[1])) != ("deg", "deg")
+    ):
+        return None
+    data = position.data
+    if not hasattr(data, "lon"):
+        return None
+    x, y = wcs.all_world2pix(data.lon.deg, data.lat.deg, 0)
+    return float(x), float(y)
+
+
+def _trim_cutout(geom, position, width, odd_npix, min_npix):
+    """gammapy's ``WcsGeom.cutout`` in "trim" mode for a plain WCS, else None.
+
+    Same size rule (``Cutout2D``: pixels rounded to the nearest integer, odd
+    if asked), same pixel position and ``overlap_slices``; the cutout WCS is the
+    parent's with the reference pixel moved by the slice origin, as ``Cutout2D``
+    does.
+    """
+    import copy
+
+    import astropy.units as u
+    from astropy.nddata.utils import overlap_slices
+    from gammapy.maps.utils import _check_width
+    from gammapy.utils.array import round_up_to_odd
+
+    if not geom.is_regular:
+        return None
+    pix = _sky_pixel(geom, position)
+    if pix is None:
+        return None
+    width = _check_width(width) * u.deg
+    width_npix = np.clip((width / geom.pixel_scales).to_value(""), min_npix, None)
+    if odd_npix:
+        width_npix = round_up_to_odd(width_npix)
+    shape = tuple(int(np.round(side)) for side in np.atleast_1d(width_npix)[::-1])
+    if len(shape) != 2:
+        return None
+    large_shape = geom.data_shape[-2:]
+    # raises NoOverlapError as Cutout2D does
+    slices, _ = overlap_slices(large_shape, shape, pix[::-1], mode="trim")
+    wcs = copy.deepcopy(geom.wcs)
+    wcs.wcs.crpix -= (slices[1].start, slices[0].start)
+    cutout_shape = (slices[0].stop - slices[0].start, slices[1].stop - slices[1].start)
+    wcs.array_shape = cutout_shape
+    return geom._init_copy(wcs=wcs, npix=cutout_shape[::-1])
+
+
+def _npred_signal_patch(cls):
+    """``npred_signal`` of ``cls`` running `gpsfast.fit.FastMapDataset`'s evaluation (stacked maps)."""
+    original, wrapped = _original(cls, "npred_signal")
+
+    @functools.wraps(wrapped)
+    def npred_signal(self, model_names=None, stack=True):
+        if type(self) is not cls or not stack:
+            return original(self, model_names=model_names, stack=stack)
+        from gammapy.maps import Map
+
+        from gpsfast.fit import _signal_array
+
+        data = _signal_array(self, _dataset_states(self), model_names)
+        return Map.from_geom(self._geom, data=data)
+
+    return npred_signal
+
+
+def _stat_sum_patch(cls):
+    """``stat_sum`` of ``cls`` running `gpsfast.fit.FastMapDataset`'s compiled Cash statistic."""
+    original, wrapped = _original(cls, "stat_sum")
+
+    @functools.wraps(wrapped)
+    def stat_sum(self):
+        from gpsfast.fit import _cash_stat_sum, _fast_stat_supported
+
+        if type(self) is not cls or not _fast_stat_supported(self):
+            return original(self)
+        return _cash_stat_sum(self, _dataset_states(self))
+
+    return stat_sum
+
+
+def _dataset_states(dataset):
+    """The cached evaluation pieces of a dataset in the drop-in mode (dropped when it ends)."""
+    states = _DATASET_STATES.get(dataset)
+    if states is None:
+        states = {}
+        with _TWIN_LOCK:
+            _DATASET_STATES[dataset] = states
+    return states
+
+
+def _contributes_patch(cls, wcs_geom_cls):
+    """``contributes`` of ``cls`` finding the mask cutout's pixels without building the cutout."""
+    original, wrapped = _original(cls, "contributes")
+
+    @functools.wraps(wrapped)
+    def contributes(self, mask, margin="0 deg"):
+        result = _mask_cutout_any(self, mask, margin, wcs_geom_cls) if type(self) is cls else None
+        if result is None:
+            return original(self, mask, margin=margin)
+        return result
+
+    return contributes
+
+
+def _mask_cutout_any(model, mask, margin, wcs_geom_cls):
+    """gammapy's ``SkyModel.contributes`` for an image mask on a plain WCS geometry, else None.
+
+    gammapy cuts the mask out with ``Map.cutout`` (``Cutout2D`` in "trim" mode,
+    then the parent slices of that cutout) and looks for a true pixel: the
+    parent slices are those of ``Cutout2D``'s ``overlap_slices``, found here with
+    the same pixel position, size and rounding, with no cutout geometry built.
+    """
+    from astropy.nddata.utils import NoOverlapError, overlap_slices
+    import astropy.units as u
+    from gammapy.datasets.evaluator import CUTOUT_MARGIN
+    from gammapy.maps.utils import _check_width
+
+    geom = mask.geom
+    spatial = model.spatial_model
+    if (
+        type(geom) is not wcs_geom_cls
+        or not geom.is_image
+        or spatial is None
+    ):
+        return None
+    radius = model.evaluation_radius
+    if radius is None:
+        return None
+    width = _check_width(2 * radius + CUTOUT_MARGIN + u.Quantity(margin)) * u.deg
+    width_npix = np.clip((width / geom.pixel_scales).to_value(""), 1, None)
+    shape = tuple(int(np.round(side)) for side in width_npix[::-1])
+    pix = _sky_pixel(geom, spatial.position)
+    if pix is None:
+        return None
+    x, y = pix
+    try:
+        slices, _ = overlap_slices(geom.data_shape, shape, (y, x), mode="trim")
+    except (NoOverlapError, ValueError):
+        return False
+    return bool(np.any(mask.data[slices]))
+
+
+def _image_key_parts(geom):
+    """What a WcsGeom's pixel <-> sky transform depends on, but the reference pixel; and the reference pixel.
+
+    Returns ``(key, crpix)`` with the image shape last in ``key``, or None where not sure.
+    """
     wcs = geom.wcs
     if not geom.is_regular or wcs.has_distortion:
         return None
     prm = wcs.wcs
     numbers = np.concatenate(
-        [prm.crval, prm.crpix, prm.cdelt, prm.get_pc().ravel(), [prm.lonpole, prm.latpole, prm.equinox]]
+        [prm.crval, prm.cdelt, prm.get_pc().ravel(), [prm.lonpole, prm.latpole, prm.equinox]]
     )
-    return (
+    key = (
         numbers.tobytes(),
         tuple(prm.ctype),
         tuple(str(unit) for unit in prm.cunit),
         tuple(prm.get_pv()),
         prm.radesys,
         prm.has_cd(),
-        geom.data_shape[-2:],
+        tuple(int(n) for n in geom.data_shape[-2:]),
     )
+    return key, np.array(prm.crpix, dtype=float)
 
 
 def _convolve_patch(cls, kernel_cls):
@@ -369,39 +603,61 @@ def convolve_psf(sky_map, kernel):
         Convolved map (float32, as gammapy's), or None for the cases left to
         gammapy (other shapes, kernels with another pixel size).
     """
-    from scipy import fft as sp_fft
-
     kernel_map = kernel.psf_kernel_map
-    kernel_data = kernel_map.data
     geom = sky_map.geom
-    if kernel_data.ndim != 3 or not np.allclose(
+    if kernel_map.data.ndim != 3 or not np.allclose(
         geom.pixel_scales.deg, kernel_map.geom.pixel_scales.deg, rtol=1e-5
     ):
         return None
     if geom.is_image:
         images = sky_map.data.astype(np.float32)[np.newaxis]
         geom = geom.to_cube(kernel_map.geom.axes)
-    elif sky_map.data.ndim == 3 and geom.shape_axes == kernel_data.shape[:1]:
+    elif sky_map.data.ndim == 3 and geom.shape_axes == kernel_map.data.shape[:1]:
         images = sky_map.data
         geom = geom.copy()
     else:
         return None
+    data = convolve_planes(images, kernel)
+    if data is None:
+        return None
+    return sky_map._init_copy(data=data, geom=geom)
+
+
+def convolve_planes(images, kernel):
+    """FFT convolution of image planes with a PSF kernel's planes, as ``scipy.signal.fftconvolve``.
+
+    The array core of `convolve_psf` (no pixel-size check): one image, shape
+    (1, ny, nx), convolved with every kernel plane, or one image per kernel
+    plane; "same" mode, float32 result.
+
+    Parameters
+    ----------
+    images : ndarray, shape (1, ny, nx) or (n_planes, ny, nx)
+        Images (float32 as gammapy's maps, or float64).
+    kernel : `~gammapy.irf.PSFKernel`
+        PSF kernel with n_planes planes.
+
+    Returns
+    -------
+    convolved : ndarray, float32, shape (n_planes, ny, nx), or None
+        None for the cases left to gammapy (empty or complex data).
+    """
+    from scipy import fft as sp_fft
+
+    kernel_data = kernel.psf_kernel_map.data
     if images.size == 0 or kernel_data.size == 0:
         return None
-
+    if images.dtype.kind == "c" or kernel_data.dtype.kind == "c":
+        return None
     image_shape = np.array(images.shape[-2:])
     full_shape = image_shape + kernel_data.shape[-2:] - 1
-    complex_data = images.dtype.kind == "c" or kernel_data.dtype.kind == "c"
-    if complex_data:
-        return None
     fft_shape = tuple(sp_fft.next_fast_len(int(n), True) for n in full_shape)
     spectrum = sp_fft.rfftn(images, fft_shape, axes=(-2, -1))
     spectrum = spectrum * _kernel_spectrum(kernel, fft_shape)
     convolved = sp_fft.irfftn(spectrum, fft_shape, axes=(-2, -1))
     start = (full_shape - image_shape) // 2
     stop = start + image_shape
-    data = convolved[..., start[0] : stop[0], start[1] : stop[1]].astype(np.float32)
-    return sky_map._init_copy(data=data, geom=geom)
+    return convolved[..., start[0] : stop[0], start[1] : stop[1]].astype(np.float32)
 
 
 def _kernel_spectrum(kernel, fft_shape):

@@ -13,7 +13,11 @@
 - `npred_signal`: gammapy's ``MapDataset.npred_signal`` with those kernels;
 - `cache_outer_sources`: the npred of the sources centred outside each dataset's
   fit mask, computed once and stacked into one `~gammapy.modeling.models.TemplateNPredModel`
-  per dataset.
+  per dataset;
+- `FastMapDataset`, `fast_dataset` and `fast_datasets`: a MapDataset whose
+  ``npred_signal`` and ``stat_sum`` (the likelihood call of a fit) evaluate its
+  sources from cached spatial and spectral pieces with compiled kernels, same
+  statistic as gammapy's to rounding.
 """
 import contextlib
 import logging
@@ -29,11 +33,13 @@ from gammapy.datasets import Datasets, MapDataset
 from gammapy.irf import EDispKernel, EDispKernelMap, PSFKernel, PSFMap
 from gammapy.irf.psf.map import PSF_MAX_OVERSAMPLING
 from gammapy.utils.array import round_up_to_odd
-from gammapy.utils.interpolation import ScaledRegularGridInterpolator
+from gammapy.utils.interpolation import interpolation_scale
 from gammapy.modeling.models import (
     DatasetModels,
+    LogParabolaSpectralModel,
     ModelBase,
     Models,
+    PowerLawSpectralModel,
     SkyModel,
     TemplateNPredModel,
 )
@@ -42,9 +48,13 @@ from gpsfast.errors import InputError
 
 __all__ = [
     "SHAPE_PARAMETERS",
+    "FastDatasets",
     "FastEDispKernelMap",
+    "FastMapDataset",
     "FastPSFMap",
     "cache_outer_sources",
+    "fast_dataset",
+    "fast_datasets",
     "fast_irfs",
     "frozen",
     "main_source",
@@ -56,6 +66,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SHAPE_PARAMETERS = ("r_0", "eta", "e", "phi")
+
+# PSF kernel sub-pixel grids per (kernel geometry, size, oversampling, rad axis)
+_KERNEL_GRIDS = {}
+_MAX_KERNEL_GRIDS = 1024
 
 
 def _as_model_list(models):
@@ -423,6 +437,28 @@ def _interp_axis(values, index, weight, axis):
     return lower * (1 - weight) + upper * weight
 
 
+def _scaled_cell_weights(axis, coord):
+    """Cell index and weight of ``coord`` on an IRF axis, as gammapy's interpolator finds them.
+
+    The axis centres and the coordinates are scaled with the axis' ``interp``
+    scale (gammapy's ``ScaledRegularGridInterpolator``), then located as
+    ``scipy.interpolate.RegularGridInterpolator`` does (edge cells extrapolate).
+    """
+    scale = interpolation_scale(axis.interp)
+    grid = np.asarray(scale(axis.center), dtype=float)
+    values = np.asarray(scale(coord), dtype=float)
+    index = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, grid.size - 2)
+    return index, (values - grid[index]) / (grid[index + 1] - grid[index])
+
+
+def _wcs_key(geom):
+    """What the kernel grid of a WCS geometry depends on (reference, pixel size, shape)."""
+    wcs = geom.wcs.wcs
+    return (
+        tuple(wcs.crval), tuple(wcs.cdelt), tuple(wcs.crpix), tuple(wcs.ctype), geom.data_shape[-2:],
+    )
+
+
 class _CachedMaskSafe:
     """IRF map mixin caching ``mask_safe_image`` (gammapy recomputes it per lookup)."""
 
@@ -468,21 +504,45 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
         """
         return cls(psf_map=psf.psf_map, exposure_map=psf.exposure_map)
 
-    def _rad_cumsum(self):
-        """gammapy's rad-cumulated PSF IRF (for containment), cached per PSF map object."""
-        cached = self.__dict__.get("_fast_cumsum")
+    def _containment_grid(self, energy_true):
+        """Cumulated PSF profile and gammapy's interpolation grid for ``containment_radius``.
+
+        gammapy interpolates the rad-cumulated PSF IRF at every (energy, radius)
+        of a radius axis upsampled 20 times: the cell indices and weights of
+        those points (``scipy.interpolate.RegularGridInterpolator``'s rule, on
+        gammapy's scaled axes) and the out-of-range mask depend only on the
+        energies, and are kept per energy array and PSF map object.
+        """
+        cached = self.__dict__.get("_fast_containment")
         if cached is None or cached[0] is not self._irf_map:
             cumsum = self._psf_irf.cumsum(axis_name="rad")
-            cached = (self._irf_map, cumsum, cumsum.data)
-            self.__dict__["_fast_cumsum"] = cached
-        return cached[1], cached[2]
+            rad = self.psf_map.geom.axes["rad"].upsample(factor=20).center
+            cached = (self._irf_map, cumsum, rad, {})
+            self.__dict__["_fast_containment"] = cached
+        _, cumsum, rad, grids = cached
+        key = (str(energy_true.unit), energy_true.value.tobytes())
+        grid = grids.get(key)
+        if grid is None:
+            axes = cumsum.axes
+            energy_axis, rad_axis = axes[self.energy_name], axes["rad"]
+            energy_index, energy_weight = _scaled_cell_weights(energy_axis, energy_true)
+            rad_index, rad_weight = _scaled_cell_weights(rad_axis, rad)
+            invalid = (energy_axis.coord_to_idx(energy_true, clip=False) == -1)[np.newaxis, :] | (
+                rad_axis.coord_to_idx(rad, clip=False) == -1
+            )[:, np.newaxis]
+            grid = (energy_index, energy_weight, rad_index, rad_weight, invalid)
+            if len(grids) > 64:
+                grids.clear()
+            grids[key] = grid
+        return cumsum, rad, grid
 
     def containment_radius(self, fraction, energy_true, position=None):
         """Containment radius, as `gammapy.irf.PSFMap.containment_radius`.
 
         The PSF map's cumulative profile is interpolated at the position once
         (bilinear over the map pixels, linear extrapolation as gammapy's
-        interpolator), then on the (energy, radius) grid gammapy scans.
+        interpolator), then on the (energy, radius) grid gammapy scans, with the
+        grid's interpolation weights kept per energy array.
 
         Parameters
         ----------
@@ -504,48 +564,50 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
             or np.ndim(fraction) != 0
             or not self.psf_map.geom.is_regular
             or (position is not None and not position.isscalar)
+            or min(self.psf_map.geom.axes["rad"].nbin, self.psf_map.geom.axes[self.energy_name].nbin) < 2
         ):
             return super().containment_radius(fraction, energy_true, position=position)
         if position is None:
             position = self.psf_map.geom.center_skydir
-        cumsum, data = self._rad_cumsum()
+        return self._containment_radius_pix(fraction, energy_true, self._position_pix(position))
+
+    def _position_pix(self, position):
+        """Pixel coordinates (x, y) of a scalar position on the PSF map."""
         x, y = self.psf_map.geom.to_image().coord_to_pix(position)
-        x = float(np.asarray(x, dtype=float).ravel()[0])
-        y = float(np.asarray(y, dtype=float).ravel()[0])
-        rad_axis = self.psf_map.geom.axes["rad"]
-        rad = rad_axis.upsample(factor=20).center[:, np.newaxis]
+        return float(np.asarray(x, dtype=float).ravel()[0]), float(np.asarray(y, dtype=float).ravel()[0])
+
+    def _containment_radius_pix(self, fraction, energy_true, pix):
+        """`containment_radius` at pixel coordinates ``pix`` of the PSF map."""
+        cumsum, rad, (energy_index, energy_weight, rad_index, rad_weight, invalid) = (
+            self._containment_grid(energy_true)
+        )
+        data = cumsum.data
+        x, y = pix
         ny, nx = data.shape[-2:]
         if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
             # gammapy masks coordinates outside the spatial axes: containment 0
-            containment = np.zeros((rad.shape[0], energy_true.size))
+            containment = np.zeros(invalid.shape)
         else:
             iy, wy = _linear_weights(y, ny)
             ix, wx = _linear_weights(x, nx)
             profile = _interp_axis(_interp_axis(data, iy, wy, axis=2), ix, wx, axis=2)
-            axes = cumsum.axes
-            interpolator = ScaledRegularGridInterpolator(
-                [axes[self.energy_name].center, axes["rad"].center],
-                u.Quantity(profile, cumsum.unit),
-                points_scale=(axes[self.energy_name].interp, axes["rad"].interp),
-                fill_value=None,
-                bounds_error=False,
+            # scipy's 2D linear rule, in its order of operations
+            e0, e1 = energy_index[np.newaxis, :], energy_index[np.newaxis, :] + 1
+            r0, r1 = rad_index[:, np.newaxis], rad_index[:, np.newaxis] + 1
+            we, wr = energy_weight[np.newaxis, :], rad_weight[:, np.newaxis]
+            containment = (
+                profile[e0, r0] * (1 - we) * (1 - wr)
+                + profile[e0, r1] * (1 - we) * wr
+                + profile[e1, r0] * we * (1 - wr)
+                + profile[e1, r1] * we * wr
             )
-            energies = np.broadcast_to(energy_true, (rad.shape[0], energy_true.size), subok=True)
-            rads = np.broadcast_to(rad, energies.shape, subok=True)
-            containment = interpolator((energies, rads)).to_value("")
-            invalid = (axes[self.energy_name].coord_to_idx(energies, clip=False) == -1) | (
-                axes["rad"].coord_to_idx(rads, clip=False) == -1
-            )
+            containment = np.clip(containment, 0, np.inf)
+            scale = cumsum.unit.to("")
+            if scale != 1:
+                containment = containment * scale
             containment[invalid | ~np.isfinite(containment)] = 0.0
         index = np.argmin(np.abs(containment - fraction), axis=0)
         return rad[index].reshape(energy_true.shape)
-
-    @property
-    def _grid_cache(self):
-        cache = self.__dict__.setdefault("_fast_grid_cache", {})
-        if len(cache) > 256:
-            cache.clear()
-        return cache
 
     def get_psf_kernel(
         self, geom, position=None, max_radius=None, containment=0.999, precision_factor=12
@@ -579,22 +641,23 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
             position = self.psf_map.geom.center_skydir
         position = self._get_nearest_valid_position(position)
 
+        pix = self._position_pix(position)
         energy_name = self.energy_name
         energy_axis = self.psf_map.geom.axes[energy_name]
-        radii = self.containment_radius(
-            fraction=containment, position=position, **{energy_name: energy_axis.center}
-        )
+        radii = self._kernel_radius(containment, energy_axis.center, position, pix)
         if max_radius is None:
             max_radius = np.max(radii)
         else:
             max_radius = u.Quantity(max_radius)
             radii[radii > max_radius] = max_radius
         # gammapy's _psf_upsampling_factor, vectorised
-        r68 = self.containment_radius(0.68, geom.axes[energy_name].center, position=position)
+        r68 = self._kernel_radius(0.68, geom.axes[energy_name].center, position, pix)
         base_factor = (2 * r68 / geom.pixel_scales.max()).to_value("")
         factors = np.minimum(np.ceil(precision_factor / base_factor).astype(int), PSF_MAX_OVERSAMPLING)
-        geom = geom.to_odd_npix(max_radius=max_radius)
-        profiles = self._profiles_at(position)
+        geom = self._odd_npix_geom(geom, max_radius)
+        rad_edges = self.psf_map.geom.axes["rad"].edges
+        wcs_key = (_wcs_key(geom), str(rad_edges.unit), rad_edges.value.tobytes())
+        profiles = self._profiles_at(pix)
         data = np.zeros(geom.data_shape, dtype=np.float32)
         binsz = geom.to_image().pixel_scales.max()
         energy_pix = self.psf_map.geom.axes[energy_name].coord_to_pix(
@@ -604,7 +667,7 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
         npixs = round_up_to_odd((2 * radii / binsz).to_value(""))
         for ind in range(n_images):
             npix = int(npixs[ind])
-            rad_index, rad_weight, slices = self._kernel_grid(geom, npix, factors[ind])
+            rad_index, rad_weight, slices = self._kernel_grid(geom, wcs_key, npix, factors[ind])
             e_index, e_weight = _linear_weights(energy_pix[ind], profiles.shape[0])
             profile = _interp_axis(profiles, e_index, e_weight, axis=0)
             values = np.clip(_interp_axis(profile, rad_index, rad_weight, axis=0), 0, np.inf)
@@ -614,9 +677,34 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
             data[(ind,) + slices] = image
         return PSFKernel(Map.from_geom(geom, data=data), normalize=True)
 
-    def _profiles_at(self, position):
-        """PSF map values at ``position`` (bilinear in space), shape (n_energy, n_rad)."""
-        x, y = self.psf_map.geom.to_image().coord_to_pix(position)
+    def _kernel_radius(self, fraction, energy_true, position, pix):
+        """Containment radius at a position whose PSF-map pixel coordinates are ``pix``."""
+        if (
+            min(self.psf_map.geom.axes["rad"].nbin, self.psf_map.geom.axes[self.energy_name].nbin) < 2
+            or np.ndim(energy_true) != 1
+        ):
+            return self.containment_radius(fraction, energy_true, position=position)
+        return self._containment_radius_pix(fraction, u.Quantity(energy_true), pix)
+
+    def _odd_npix_geom(self, geom, max_radius):
+        """``geom.to_odd_npix(max_radius)``, kept per geometry object and radius."""
+        cache = self.__dict__.setdefault("_fast_odd_geoms", {})
+        entry = cache.get(id(geom))
+        if entry is None or entry[0] is not geom:
+            if len(cache) > 16:
+                cache.clear()
+            entry = (geom, {})
+            cache[id(geom)] = entry
+        key = float(max_radius.to_value("deg"))
+        odd = entry[1].get(key)
+        if odd is None:
+            odd = geom.to_odd_npix(max_radius=max_radius)
+            entry[1][key] = odd
+        return odd
+
+    def _profiles_at(self, pix):
+        """PSF map values at pixel coordinates ``pix`` (bilinear in space), shape (n_energy, n_rad)."""
+        x, y = pix
         cached = self.__dict__.get("_fast_finite_data")
         if cached is None or cached[0] is not self._irf_map:
             # gammapy's interp_by_pix interpolates with non-finite values set to 0
@@ -625,19 +713,21 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
             self.__dict__["_fast_finite_data"] = cached
         data = cached[1]
         ny, nx = data.shape[-2:]
-        ix, wx = _linear_weights(np.asarray(x, dtype=float).ravel()[0], nx)
-        iy, wy = _linear_weights(np.asarray(y, dtype=float).ravel()[0], ny)
+        ix, wx = _linear_weights(x, nx)
+        iy, wy = _linear_weights(y, ny)
         rows = _interp_axis(data, iy, wy, axis=2)
         return _interp_axis(rows, ix, wx, axis=2)
 
-    def _kernel_grid(self, geom, npix, factor):
-        """Cached rad-axis weights of the sub-pixels and the slices of the kernel image."""
-        wcs = geom.wcs.wcs
-        key = (
-            tuple(wcs.crval), tuple(wcs.cdelt), tuple(wcs.crpix), tuple(wcs.ctype),
-            geom.data_shape[-2:], npix, factor,
-        )
-        cache = self._grid_cache
+    def _kernel_grid(self, geom, wcs_key, npix, factor):
+        """Rad-axis weights of the sub-pixels and the slices of the kernel image.
+
+        They depend only on the geometry and the PSF map's rad axis: they are
+        kept in a module-wide cache shared by all `FastPSFMap` objects.
+        """
+        key = (wcs_key, npix, factor)
+        cache = _KERNEL_GRIDS
+        if len(cache) > _MAX_KERNEL_GRIDS:
+            cache.clear()
         if key not in cache:
             image = geom.to_image()
             # what WcsGeom.to_odd_npix builds for a radius giving npix pixels
@@ -790,3 +880,580 @@ def __getattr__(name):
 
         return getattr(groups, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------
+# Fast likelihood evaluation: FastMapDataset
+# --------------------------------------------------------------------------
+class _SourceNpred:
+    """One source's predicted counts on its evaluator's cutout, with its cached pieces.
+
+    ``flux_exposure`` (true energy x pixels) is the PSF-convolved spatial
+    integral times the exposure: it changes with the spatial parameters or the
+    IRFs (when gammapy's evaluator updates its cutout and kernels). The spectral
+    integrals per true-energy bin change with the spectral parameters; the
+    energy dispersion matrix folds them into reconstructed energy.
+    """
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        self.irfs = None
+        self.spatial_values = None
+        self.spectral_key = None
+        self.flux_exposure = None
+        self.edisp = None
+        self.box = None
+        self.npred = None
+        self.spatial_twin = None
+        self.spectral_grid = None
+        self.checked_spatial_values = None
+        self.finite = True
+        self.supported = None
+        self.unit_scale = None
+        self.current_spatial_values = None
+        self.components = None
+
+    def _irfs_changed(self, dataset_geom):
+        evaluator = self.evaluator
+        irfs = (evaluator.exposure, evaluator.psf, evaluator.edisp, dataset_geom)
+        if self.irfs is not None and all(a is b for a, b in zip(irfs, self.irfs)):
+            return False
+        self.irfs = irfs
+        return True
+
+    def _spatial_model(self):
+        """The spatial model, or its compiled twin for a plain gammapy generalized Gaussian."""
+        from gammapy.modeling.models import GeneralizedGaussianSpatialModel as GammapyModel
+
+        from gpsfast.models.sersic import GeneralizedGaussianSpatialModel as FastModel
+
+        spatial = self.evaluator.model.spatial_model
+        if type(spatial) is not GammapyModel:
+            return spatial
+        key = (spatial, spatial.frame, *spatial.parameters)
+        twin = self.spatial_twin
+        if twin is None or len(twin[0]) != len(key) or not all(
+            a is b or (isinstance(a, str) and a == b) for a, b in zip(twin[0], key)
+        ):
+            twin = (key, FastModel.from_gammapy(spatial))
+            self.spatial_twin = twin
+        return twin[1]
+
+    def _update_flux_exposure(self):
+        """PSF-convolved spatial integral times exposure, (n_true, n_pixels) float64."""
+        from gpsfast.accelerate import convolve_planes
+
+        evaluator = self.evaluator
+        spatial = self._spatial_model()
+        values = spatial.integrate_geom(self.image_geom)
+        data = values.data
+        psf = evaluator.psf
+        if psf is not None:
+            # gammapy's WcsNDMap.convolve (what MapEvaluator.apply_psf runs), on arrays
+            convolved = None
+            if self.psf_same_pixels:
+                convolved = convolve_planes(data.astype(np.float32)[np.newaxis], psf)
+            data = values.convolve(psf).data if convolved is None else convolved
+        exposure = evaluator.exposure.data
+        if data.ndim == 2:
+            data = np.broadcast_to(data, exposure.shape)
+        # float32 x float32 is exact in float64
+        flux_exposure = np.multiply(data, exposure, dtype=float)
+        self.flux_exposure = flux_exposure.reshape(exposure.shape[0], -1)
+        self.finite = bool(np.isfinite(flux_exposure).all())
+        self.exposure_unit = evaluator.exposure.unit * values.unit
+
+    def _update_irfs(self, dataset_geom):
+        """Energy dispersion matrix and stacking slices of the evaluator's current cutout."""
+        evaluator = self.evaluator
+        edisp = evaluator.edisp if evaluator.edisp is not None else evaluator._edisp_diagonal
+        self.edisp = np.asarray(edisp.pdf_matrix, dtype=float)
+        geom = evaluator.geom
+        slices = geom.cutout_slices(dataset_geom)
+        (py, px), (cy, cx) = slices["parent-slices"], slices["cutout-slices"]
+        self.box = (int(py.start), int(py.stop), int(px.start), int(px.stop), int(cy.start), int(cx.start))
+        self.image_shape = geom.data_shape[-2:]
+        self.image_geom = geom.to_image()
+        self.energy_edges = geom.axes["energy_true"].edges
+        psf = evaluator.psf
+        self.psf_same_pixels = psf is not None and bool(
+            np.allclose(geom.pixel_scales.deg, psf.psf_kernel_map.geom.pixel_scales.deg, rtol=1e-5)
+            and psf.psf_kernel_map.data.ndim == 3
+        )
+
+    def _spectral_integrals(self):
+        """Integrals of the spectrum over the true-energy bins, and their unit."""
+        from gpsfast.kernels.npred import log_parabola_integrals, power_law_integrals
+
+        spectral = self.evaluator.model.spectral_model
+        edges = self.energy_edges
+        unit = edges.unit
+        if isinstance(spectral, PowerLawSpectralModel):
+            amplitude = spectral.amplitude
+            integrals = power_law_integrals(
+                edges.value[:-1], edges.value[1:], amplitude.value,
+                _value_in(spectral.reference, unit), _value_in(spectral.index, u.dimensionless_unscaled),
+            )
+            return integrals, amplitude.unit * unit
+        grid = self.spectral_grid
+        if grid is None or grid[0] is not edges:
+            # gammapy's integrate_spectrum grid: ndecade=100, the same number of points per bin
+            energy_min, energy_max = edges[:-1], edges[1:]
+            num = np.maximum(np.max(100 * np.log10(energy_max / energy_min)), 2)
+            energy = np.geomspace(energy_min, energy_max, num=int(num), axis=-1)
+            grid = (edges, np.ascontiguousarray(energy.to_value(unit)))
+            self.spectral_grid = grid
+        amplitude = spectral.amplitude
+        integrals = log_parabola_integrals(
+            grid[1], amplitude.value, _value_in(spectral.reference, unit),
+            _value_in(spectral.alpha, u.dimensionless_unscaled),
+            _value_in(spectral.beta, u.dimensionless_unscaled),
+        )
+        return integrals, amplitude.unit * unit
+
+    def _unit_scale(self, unit):
+        """Factor converting the spectral integral times exposure to counts."""
+        key = (unit, self.exposure_unit)
+        if self.unit_scale is None or self.unit_scale[0] != key:
+            self.unit_scale = (key, (unit * self.exposure_unit).to(""))
+        return self.unit_scale[1]
+
+    def compute(self, dataset_geom):
+        """Predicted counts on the cutout, (n_reco, ny, nx) float64."""
+        from gpsfast.kernels.npred import fold_energy
+
+        parts = vars(self.evaluator.model)
+        irfs_changed = self._irfs_changed(dataset_geom)
+        spatial_values = self.current_spatial_values
+        if spatial_values is None:
+            spatial_values = _parameter_state(parts["_spatial_model"])
+        if irfs_changed:
+            self._update_irfs(dataset_geom)
+        if irfs_changed or spatial_values != self.spatial_values:
+            self._update_flux_exposure()
+            self.spatial_values = spatial_values
+            self.npred = None
+        spectral_key = _parameter_state(parts["_spectral_model"])
+        if self.npred is None or spectral_key != self.spectral_key:
+            integrals, unit = self._spectral_integrals()
+            scale = self._unit_scale(unit)
+            weights = (integrals * scale)[:, np.newaxis] * self.edisp
+            if self.finite:
+                npred = fold_energy(weights, self.flux_exposure)
+            else:
+                npred = weights.T @ self.flux_exposure
+            self.npred = npred.reshape((npred.shape[0],) + tuple(self.image_shape))
+            self.spectral_key = spectral_key
+        return self.npred
+
+    def needs_update(self):
+        """gammapy's ``evaluator.needs_update``, skipped while the spatial parameters stay where it said no.
+
+        With unchanged spatial parameters gammapy's answer cannot change (its
+        position check compares with the position of the last update), so it is
+        asked again only after they moved.
+        """
+        self.current_spatial_values = None
+        model = self.evaluator.model
+        spatial = vars(model).get("_spatial_model") if type(model) is SkyModel else None
+        if spatial is None:
+            return self.evaluator.needs_update
+        spatial_values = _parameter_state(spatial)
+        self.current_spatial_values = spatial_values
+        if spatial_values == self.checked_spatial_values:
+            return False
+        needs = self.evaluator.needs_update
+        self.checked_spatial_values = None if needs else spatial_values
+        return needs
+
+
+def _parameter_state(model):
+    """Values and units of a model's parameters (the Parameter objects read directly)."""
+    objects = vars(model)
+    return tuple(
+        (par.value, par.unit, id(par))
+        for par in (objects[name] for name in _parameter_names(type(model)))
+    )
+
+
+_PARAMETER_NAMES = {}
+_UNIT_FACTORS = {}
+
+
+def _value_in(par, unit):
+    """Value of a Parameter in ``unit``, as ``par.quantity.to_value(unit)`` (factor kept per unit pair)."""
+    key = (par.unit, unit)
+    factor = _UNIT_FACTORS.get(key)
+    if factor is None:
+        factor = u.Quantity(1.0, par.unit).to_value(unit)
+        _UNIT_FACTORS[key] = factor
+    value = par.value
+    return value if factor == 1.0 else value * factor
+
+
+def _parameter_names(cls):
+    names = _PARAMETER_NAMES.get(cls)
+    if names is None:
+        names = tuple(cls.default_parameters.names)
+        _PARAMETER_NAMES[cls] = names
+    return names
+
+
+def _components(model):
+    """Identities of a sky model's spatial, spectral and temporal models (read directly)."""
+    parts = vars(model)
+    return tuple(id(parts.get(name)) for name in ("_spatial_model", "_spectral_model", "_temporal_model"))
+
+
+def _fast_source_supported(evaluator):
+    """Whether `_SourceNpred` reproduces gammapy's evaluation of this evaluator's model."""
+    model = evaluator.model
+    return (
+        type(model) is SkyModel
+        and model.spatial_model is not None
+        and not model.spatial_model.is_energy_dependent
+        and model.temporal_model is None
+        and type(model.spectral_model) in (PowerLawSpectralModel, LogParabolaSpectralModel)
+        and all(model.apply_irf.get(name, False) for name in ("exposure", "psf", "edisp"))
+        and evaluator.exposure is not None
+        and evaluator.psf_containment is None
+        and not evaluator.geom.is_region
+        and not evaluator.apply_psf_after_edisp
+        and isinstance(evaluator.geom, WcsGeom)
+    )
+
+
+def _signal_blocks(dataset, states, model_names=None):
+    """Predicted signal counts of ``dataset`` as blocks; ``states`` keeps the sources' pieces.
+
+    gammapy's ``MapDataset.npred_signal(model_names, stack=True)`` before the
+    sum: the evaluators are updated as gammapy does (mask image computed once),
+    supported sources go through `_SourceNpred`, the others through their
+    gammapy evaluator, stacked together into one full-size block.
+
+    Returns
+    -------
+    blocks : list of (ndarray, tuple)
+        Source arrays (n_energy, h, w) and their boxes ``(y0, y1, x0, x1, cy0, cx0)``:
+        the map rows and columns they cover and where those start in the array.
+    """
+    geom = dataset._geom
+    evaluators = dataset.evaluators
+    if model_names is not None:
+        names = [model_names] if isinstance(model_names, str) else list(model_names)
+        evaluators = {name: dataset.evaluators[name] for name in names}
+    mask_image = None
+    stacked = None
+    blocks = []
+    for name, evaluator in evaluators.items():
+        state = states.get(name)
+        if state is None or state.evaluator is not evaluator:
+            state = _SourceNpred(evaluator)
+            states[name] = state
+        if state.needs_update():
+            if mask_image is None:
+                mask_image = dataset.mask_image
+            evaluator.update(dataset.exposure, dataset.psf, dataset.edisp, geom, mask_image)
+            state.supported = None
+        if not evaluator.contributes:
+            continue
+        if state.supported is None or state.components != _components(evaluator.model):
+            state.supported = _fast_source_supported(evaluator)
+            state.components = _components(evaluator.model)
+        if not state.supported:
+            if stacked is None:
+                stacked = Map.from_geom(geom, dtype=float)
+                ny, nx = geom.data_shape[-2:]
+                blocks.append((stacked.data, (0, ny, 0, nx, 0, 0)))
+            stacked.stack(evaluator.compute_npred())
+            continue
+        npred = state.compute(geom)
+        if not state.finite:
+            # gammapy's Map.stack sets non-finite values to zero
+            npred = np.where(np.isfinite(npred), npred, 0.0)
+        blocks.append((npred, state.box))
+    return blocks
+
+
+def _signal_array(dataset, states, model_names=None):
+    """Predicted signal counts of ``dataset`` summed on its geometry (float64 array)."""
+    total = np.zeros(dataset._geom.data_shape)
+    for values, (y0, y1, x0, x1, cy0, cx0) in _signal_blocks(dataset, states, model_names):
+        total[..., y0:y1, x0:x1] += values[..., cy0 : cy0 + y1 - y0, cx0 : cx0 + x1 - x0]
+    return total
+
+
+def _background_array(dataset, states):
+    """gammapy's ``npred_background().data``, recomputed only when the background model or map changes."""
+    background = dataset.background
+    model = dataset.background_model
+    if not (model and background):
+        return None if background is None else np.asarray(background.data, dtype=float)
+    parts = [model.spectral_model]
+    if getattr(model, "spatial_model", None) is not None:
+        parts.append(model.spatial_model)
+    key = (id(model), id(background), id(background.data)) + tuple(
+        _parameter_state(part) for part in parts
+    )
+    cached = states.get(_BACKGROUND_KEY)
+    if cached is None or cached[0] != key:
+        values = u.Quantity(model.evaluate_geom(geom=background.geom)).to_value("")
+        # what gammapy's ``background * values`` computes (float32 map times float64 values)
+        cached = (key, np.multiply(background.data, values), background)
+        states[_BACKGROUND_KEY] = cached
+    return cached[1]
+
+
+def _counts_and_mask(dataset):
+    """Counts (native byte order) and the mask (safe and fit masks combined), read at every call."""
+    counts = dataset.counts.data
+    if not counts.dtype.isnative:
+        counts = counts.astype(counts.dtype.newbyteorder("="))
+    mask = None
+    for part in (dataset.mask_safe, dataset.mask_fit):
+        if part is not None:
+            data = np.asarray(part.data, dtype=bool)
+            mask = data if mask is None else mask & data
+    if mask is None:
+        mask = np.ones(counts.shape, dtype=bool)
+    return np.ascontiguousarray(counts), np.ascontiguousarray(mask)
+
+
+_BACKGROUND_KEY = "\0background"
+
+
+def _cash_stat_sum(dataset, states):
+    """gammapy's ``MapDataset.stat_sum`` (Cash): background plus the source blocks, compiled Cash sum."""
+    from gpsfast.kernels.cash import cash_sum_masked
+
+    blocks = _signal_blocks(dataset, states)
+    background = _background_array(dataset, states)
+    shape = dataset._geom.data_shape
+    if background is None:
+        background = np.zeros(shape)
+    npred = None
+    for values, (y0, y1, x0, x1, cy0, cx0) in blocks:
+        block = values[..., cy0 : cy0 + y1 - y0, cx0 : cx0 + x1 - x0]
+        if npred is None and block.shape == background.shape:
+            npred = background + block
+            continue
+        if npred is None:
+            npred = background.copy()
+        npred[..., y0:y1, x0:x1] += block
+    if npred is None:
+        npred = background
+    counts, mask = _counts_and_mask(dataset)
+    return cash_sum_masked(counts.ravel(), npred.ravel(), mask.ravel())
+
+
+def _fast_stat_supported(dataset):
+    return dataset.stat_type == "cash" and dataset.counts is not None
+
+
+class FastMapDataset(MapDataset):
+    """`~gammapy.datasets.MapDataset` whose ``npred_signal`` and ``stat_sum`` are compiled.
+
+    The same dataset for gammapy (same maps, models, masks, I/O; gammapy's
+    ``MapEvaluator`` still decides when a source's cutout, PSF and energy
+    dispersion kernels are updated), with the predicted counts of sky models
+    with a PowerLaw or LogParabola spectrum (and any spatial model that is not
+    energy dependent; plain gammapy generalized Gaussians run the compiled
+    `gpsfast.models.GeneralizedGaussianSpatialModel`) computed from cached
+    pieces:
+
+    - the PSF-convolved spatial integral times the exposure, per true energy,
+      recomputed only when the spatial parameters or the evaluator's IRFs change;
+    - the spectral integral per true-energy bin with gammapy's own rule
+      (analytic for a power law; ``integrate_spectrum``'s log-log trapezoids for
+      a log parabola), folded with the energy dispersion matrix into a
+      (true x reconstructed) weight matrix applied in one compiled pass;
+    - the sum with gammapy's ``npred_background`` and the Cash statistic over the
+      mask in one compiled pass.
+
+    Other models (templates, other spectra, temporal models) go through
+    gammapy's evaluator. ``stat_sum`` equals gammapy's to rounding. Use
+    `fast_dataset` / `fast_datasets` to make one from an existing dataset. It
+    pickles (the caches are dropped) and deep-copies like a MapDataset.
+    """
+
+    def _fast_states(self):
+        states = self.__dict__.get("_fast_sources")
+        if states is None:
+            states = {}
+            self.__dict__["_fast_sources"] = states
+        return states
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fast_sources", None)
+        return state
+
+    def npred_signal(self, model_names=None, stack=True):
+        """Model predicted signal counts, as `~gammapy.datasets.MapDataset.npred_signal`.
+
+        Parameters
+        ----------
+        model_names : str or list of str, optional
+            Models to predict; default all.
+        stack : bool, optional
+            Sum the models (default, the fast path) or one map per model
+            (gammapy's path).
+
+        Returns
+        -------
+        npred : `~gammapy.maps.Map`
+        """
+        if not stack:
+            return super().npred_signal(model_names=model_names, stack=stack)
+        data = _signal_array(self, self._fast_states(), model_names)
+        return Map.from_geom(self._geom, data=data)
+
+    def stat_sum(self):
+        """Total fit statistic, as `~gammapy.datasets.MapDataset.stat_sum` (Cash: compiled).
+
+        Returns
+        -------
+        stat : float
+        """
+        if not _fast_stat_supported(self):
+            return super().stat_sum()
+        return _cash_stat_sum(self, self._fast_states())
+
+
+def fast_dataset(dataset):
+    """`FastMapDataset` sharing the maps, models and evaluators of a `~gammapy.datasets.MapDataset`.
+
+    The PSF and energy dispersion maps are swapped for `FastPSFMap` and
+    `FastEDispKernelMap` sharing the same data. The new dataset has its own
+    evaluator dictionary holding the same evaluator objects, so that kernels
+    already computed are kept. Setting ``models`` on either dataset does not
+    affect the other.
+
+    Parameters
+    ----------
+    dataset : `~gammapy.datasets.MapDataset`
+        Dataset (exactly a MapDataset or a `FastMapDataset`).
+
+    Returns
+    -------
+    dataset : `FastMapDataset`
+    """
+    if isinstance(dataset, FastMapDataset):
+        return dataset
+    if type(dataset) is not MapDataset:
+        raise InputError(f"fast_dataset: expected a gammapy MapDataset, got {type(dataset).__name__}")
+    fast = FastMapDataset.__new__(FastMapDataset)
+    fast.__dict__.update(dataset.__dict__)
+    fast.__dict__.pop("_fast_sources", None)
+    fast._evaluators = dict(dataset._evaluators)
+    if isinstance(dataset.psf, PSFMap) and not isinstance(dataset.psf, FastPSFMap):
+        fast.psf = FastPSFMap.from_psf_map(dataset.psf)
+    if type(dataset.edisp) is EDispKernelMap:
+        fast.edisp = FastEDispKernelMap.from_edisp_map(dataset.edisp)
+    return fast
+
+
+class FastDatasets(Datasets):
+    """`~gammapy.datasets.Datasets` whose ``stat_sum`` does not rebuild the model list at every call.
+
+    gammapy's ``Datasets.stat_sum`` gathers the datasets' models into a new
+    ``DatasetModels`` at every call to add the parameter priors (about a third
+    of a group fit's time with `FastMapDataset` s). Here the parameter list is
+    kept while the datasets' models and their Parameter objects are the same
+    objects (checked at every call); priors and penalties are read at every
+    call. Same value as gammapy's.
+    """
+
+    def _prior_parameters(self):
+        models = {}
+        for dataset in self:
+            if dataset.models is not None:
+                for model in dataset.models:
+                    models[model] = model
+        key = tuple(_parameter_objects_key(model) for model in models)
+        cached = self.__dict__.get("_fast_parameters")
+        if cached is None or cached[0] != key:
+            parameters = [par for model in models for par in model.parameters]
+            cached = (key, parameters, list(models))
+            self.__dict__["_fast_parameters"] = cached
+        return cached[1]
+
+    def stat_sum(self):
+        """Total fit statistic with the priors and penalties, as `~gammapy.datasets.Datasets.stat_sum`.
+
+        Returns
+        -------
+        stat : float
+        """
+        prior_stat_sum = 0.0
+        for par in self._prior_parameters():
+            if par.prior is not None:
+                prior_stat_sum += par.prior_stat_sum()
+        if self._penalties is not None:
+            for penalty in self._penalties:
+                prior_stat_sum += penalty.stat_sum()
+        stat_sum = 0.0
+        for dataset in self:
+            stat_sum += dataset.stat_sum()
+        return stat_sum + prior_stat_sum
+
+
+def _parameter_objects_key(model):
+    """Identities of a model and of its Parameter objects, read without building ``Parameters``."""
+    parts = vars(model)
+    subs = [parts.get(name) for name in ("_spectral_model", "_spatial_model", "_temporal_model")]
+    if not any(sub is not None for sub in subs) or not all(
+        sub is None or _is_simple(type(sub)) for sub in subs
+    ):
+        return (id(model),) + tuple(id(par) for par in model.parameters)
+    ids = [id(model)]
+    for sub in subs:
+        if sub is not None:
+            objects = vars(sub)
+            ids.append(id(sub))
+            ids.extend(id(objects[name]) for name in _parameter_names(type(sub)))
+    return tuple(ids)
+
+
+_SIMPLE_TYPES = {}
+
+
+def _is_simple(cls):
+    """Whether a model class keeps all its parameters as its own named Parameter attributes."""
+    simple = _SIMPLE_TYPES.get(cls)
+    if simple is None:
+        names = _parameter_names(cls)
+        simple = bool(names) and all(isinstance(cls.__dict__.get(name) or getattr(cls, name, None), Parameter)
+                                     for name in names)
+        simple = simple and not hasattr(cls, "model1")
+        _SIMPLE_TYPES[cls] = simple
+    return simple
+
+
+def fast_datasets(datasets):
+    """`FastDatasets` where every plain MapDataset is a `FastMapDataset`.
+
+    The datasets share their maps and models (the same Parameter objects) with
+    the inputs: ``Fit().run(fast_datasets(datasets))`` leaves the fitted values in
+    the input models, with the same best fit as ``Fit().run(datasets)``. The
+    penalties of a `~gammapy.datasets.Datasets` input are kept.
+
+    Parameters
+    ----------
+    datasets : `~gammapy.datasets.Datasets`, list of datasets or one MapDataset
+        Datasets; those that are not exactly MapDatasets are kept as they are.
+
+    Returns
+    -------
+    datasets : `FastDatasets`
+        New container of the fast datasets (sharing maps and models with the inputs).
+    """
+    if isinstance(datasets, MapDataset):
+        datasets = [datasets]
+    fast = FastDatasets(
+        [fast_dataset(d) if type(d) in (MapDataset, FastMapDataset) else d for d in datasets]
+    )
+    penalties = getattr(datasets, "_penalties", None)
+    if penalties is not None:
+        fast._penalties = penalties
+    return fast

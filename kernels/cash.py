@@ -1,10 +1,12 @@
-"""Cash-statistic errors and upper limits of a counts measurement with known background."""
+"""Cash statistic: sum over a mask, errors and upper limits of a counts measurement with known background."""
 import math
 
 import numpy as np
 from numba import njit
 
-__all__ = ["cash_errors"]
+__all__ = ["cash_errors", "cash_sum_masked"]
+
+_TRUNCATION_VALUE = 1e-25
 
 _MAX_ITER = 50
 
@@ -80,3 +82,43 @@ def cash_errors(n_on, n_sig, n_sigma_err, n_sigma_ul):
         errp[i] = -on * (_solve(t, True) + 1.0)
         ul[i] = -on * (_solve(c_ul / on, True) + 1.0) + n_sig.flat[i]
     return errn, errp, ul
+
+
+@njit(cache=True, nogil=True)
+def cash_sum_masked(counts, npred, mask):
+    """Cash statistic summed over the masked bins, as gammapy's ``MapDataset.stat_sum``.
+
+    gammapy sets negative npred to zero (``MapDataset.npred``), then sums
+    ``2 (mu - n log mu)`` with ``mu`` truncated at 1e-25 and the log term only
+    for ``n > 0`` (``cash_sum_compiled``), over the bins where the mask is true,
+    in C order.
+
+    Parameters
+    ----------
+    counts : ndarray, shape (n,)
+        Observed counts (any numeric dtype).
+    npred : ndarray, float64, shape (n,)
+        Predicted counts.
+    mask : ndarray, bool, shape (n,)
+        Bins to sum (flattened in C order).
+
+    Returns
+    -------
+    stat : float
+    """
+    total = 0.0
+    log_truncation = math.log(_TRUNCATION_VALUE)
+    for i in range(npred.size):
+        if not mask[i]:
+            continue
+        mu = npred[i]
+        truncated = not mu > _TRUNCATION_VALUE
+        if truncated:
+            mu = _TRUNCATION_VALUE
+        total += mu
+        n = float(counts[i])
+        if n > 0.0:
+            # the log only where it is used (gammapy takes it everywhere)
+            total -= n * (log_truncation if truncated else math.log(mu))
+    return 2.0 * total
+

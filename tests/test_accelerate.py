@@ -12,6 +12,7 @@ import numpy as np
 import astropy.units as u
 from astropy.coordinates import SkyCoord
 import pytest
+from gammapy.datasets import MapDataset
 from gammapy.irf import EDispKernelMap, PSFMap
 from gammapy.maps import Map, MapAxis, WcsGeom, WcsNDMap
 from gammapy.modeling import Fit
@@ -32,7 +33,9 @@ from gpsfast.simulate import make_survey
 # the module (gpsfast.accelerate may be re-bound to the function by gpsfast/__init__.py)
 accelerate_module = importlib.import_module("gpsfast.accelerate")
 
-PATCHED_CLASSES = (GeneralizedGaussianSpatialModel, PSFMap, EDispKernelMap, WcsNDMap, WcsGeom)
+PATCHED_CLASSES = (
+    GeneralizedGaussianSpatialModel, PSFMap, EDispKernelMap, WcsNDMap, WcsGeom, SkyModel, MapDataset,
+)
 
 SOURCES = [
     dict(lon_0="0.2 deg", lat_0="0.1 deg", r_0="0.1 deg", eta=0.5, e=0.3, phi="30 deg"),
@@ -107,13 +110,13 @@ def fast_calls(monkeypatch):
     spy(CompiledModel, "integrate_geom")
     spy(FastPSFMap, "get_psf_kernel")
     spy(FastEDispKernelMap, "get_edisp_kernel")
-    original = accelerate_module.convolve_psf
+    original = accelerate_module.convolve_planes
 
     def convolve(*args):
-        counts["convolve_psf"] = counts.get("convolve_psf", 0) + 1
+        counts["convolve_planes"] = counts.get("convolve_planes", 0) + 1
         return original(*args)
 
-    monkeypatch.setattr(accelerate_module, "convolve_psf", convolve)
+    monkeypatch.setattr(accelerate_module, "convolve_planes", convolve)
     return counts
 
 
@@ -132,7 +135,7 @@ def test_npred_same_inside_and_outside(base_dataset, fast_calls):
     assert fast_calls["integrate_geom"] >= n_sources
     assert fast_calls["get_psf_kernel"] == n_sources
     assert fast_calls["get_edisp_kernel"] == n_sources
-    assert fast_calls["convolve_psf"] >= n_sources - 1  # src-3 may not contribute
+    assert fast_calls["convolve_planes"] >= n_sources - 1  # src-3 may not contribute
     assert npred.sum() == pytest.approx(reference.sum(), rel=1e-6)
     np.testing.assert_allclose(npred, reference, rtol=1e-6, atol=1e-6 * reference.max())
     # the sources contribute a meaningful part of the prediction
@@ -211,8 +214,8 @@ def test_state_restored(base_dataset):
         if before["classes"][cls].get(name) is not value
     ]
     assert sorted(patched) == [
-        "convolve", "cutout_slices", "evaluate", "evaluate_geom", "get_edisp_kernel",
-        "get_psf_kernel", "integrate_geom",
+        "contributes", "convolve", "cutout", "cutout_slices", "evaluate", "evaluate_geom",
+        "get_edisp_kernel", "get_psf_kernel", "integrate_geom", "npred_signal", "stat_sum",
     ]
     # inherited methods were removed again, not left as copies
     assert "integrate_geom" not in vars(GeneralizedGaussianSpatialModel)
@@ -416,3 +419,72 @@ def test_cutout_slices_and_stack_same_as_gammapy(base_dataset):
     assert first == second == reference
     assert len({str(s) for s in reference}) == len(cutouts)  # no two cutouts share slices
     np.testing.assert_array_equal(fast_map, reference_map)
+
+
+@pytest.mark.parametrize(
+    "geom",
+    [
+        WcsGeom.create(skydir=(0, 0), binsz=0.03, width=(4, 3), frame="galactic",
+                       axes=[MapAxis.from_energy_bounds("1 TeV", "10 TeV", nbin=2)]),
+        WcsGeom.create(skydir=(83.6, 22.0), binsz=0.02, width=(3, 2), frame="icrs", proj="TAN"),
+        WcsGeom.create(skydir=(10, 80), binsz=0.1, width=(20, 10), frame="galactic", proj="AIT"),
+    ],
+)
+def test_cutouts_and_slices_same_as_gammapy(geom):
+    """WcsGeom.cutout ("trim"), cutout_slices (all modes), also off the map and across its edges."""
+    rng = np.random.default_rng(2)
+    centre = geom.center_skydir
+    cases = [
+        (
+            SkyCoord(centre.data.lon.deg + rng.uniform(-3, 3), centre.data.lat.deg + rng.uniform(-2.5, 2.5),
+                     unit="deg", frame=geom.frame),
+            rng.uniform(0.01, 2.5) * u.deg,
+            bool(rng.integers(2)),
+        )
+        for _ in range(60)
+    ]
+    # a position in another frame: gammapy's own path
+    cases.append((SkyCoord(266.4, -28.9, unit="deg", frame="icrs"), 1 * u.deg, False))
+
+    def run():
+        results = []
+        for position, width, odd in cases:
+            try:
+                cutout = geom.cutout(position, width, odd_npix=odd)
+            except Exception as error:  # NoOverlapError off the map, as gammapy
+                results.append(type(error).__name__)
+                continue
+            row = [cutout.data_shape, tuple(cutout.wcs.wcs.crpix), cutout.wcs.array_shape]
+            for mode in ("trim", "partial", "strict"):
+                try:
+                    slices = cutout.cutout_slices(geom, mode=mode)
+                    row.append((slices["parent-slices"], slices["cutout-slices"]))
+                except Exception as error:
+                    row.append(type(error).__name__)
+            results.append(row)
+        return results
+
+    desired = run()
+    with accelerated():
+        actual = run()
+    assert actual == desired
+    assert sum(isinstance(row, str) for row in desired) > 0  # some cases are off the map
+
+
+def test_contributes_same_as_gammapy(base_dataset):
+    mask = base_dataset.mask_image.copy()
+    mask.data[:, :10] = False
+    rng = np.random.default_rng(4)
+    models = []
+    for _ in range(40):
+        spatial = GeneralizedGaussianSpatialModel(
+            lon_0=rng.uniform(-1.5, 1.5) * u.deg, lat_0=rng.uniform(-1.2, 1.2) * u.deg,
+            r_0=rng.uniform(0.02, 0.3) * u.deg, eta=0.5, frame="galactic",
+        )
+        models.append(SkyModel(spatial_model=spatial, spectral_model=LogParabolaSpectralModel(), name=f"m{_}"))
+    margins = ["0 deg", "0.3 deg"]
+    desired = [model.contributes(mask, margin=margin) for model in models for margin in margins]
+    with accelerated():
+        actual = [model.contributes(mask, margin=margin) for model in models for margin in margins]
+    assert actual == desired
+    assert 0 < sum(desired) < len(desired)
