@@ -75,6 +75,8 @@ class FitConfig(_Section):
     max_group_size: int = Field(4, ge=1, description="Largest number of sources fitted together.")
     margin: float = Field(0.3, ge=0, description="Cutout margin around a group's sources (deg).")
     max_iterations: int = Field(1, ge=1, description="Passes over the groups (each starts from the last).")
+    residual_passes: int = Field(
+        1, ge=0, description="Times residual-map peaks become new sources, fitted with their groups.")
 
 
 class ParallelConfig(_Section):

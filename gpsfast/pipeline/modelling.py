@@ -8,19 +8,20 @@ group fit cannot wander off to a neighbour or to an unphysical shape.
 """
 import logging
 
-from ..accelerate import accelerated
-from ..groups import run_fit
-
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
+from gammapy.modeling import Fit
 from gammapy.modeling.models import (
     GeneralizedGaussianSpatialModel,
     LogParabolaSpectralModel,
     Models,
     SkyModel,
 )
+
+from ..accelerate import accelerated
+from ..fit import fast_datasets
 
 __all__ = ["accelerated_fit", "match_catalogue", "seed_amplitude", "seed_models", "select_seeds"]
 
@@ -164,28 +165,37 @@ FIRST_OPTIMIZE_OPTS = {"strategy": 0, "tol": 0.1}
 """Minuit options of a pipeline group fit's first attempt (fewest likelihood calls)."""
 
 RETRY_OPTIMIZE_OPTS = {"strategy": 1, "tol": 0.1, "migrad_opts": {"ncall": 1500}}
-"""Minuit options of the retry after a failed first attempt (at most 1500 likelihood calls)."""
+"""Minuit options of a continued or repeated attempt (at most 1500 likelihood calls)."""
 
 
 def accelerated_fit(datasets, optimize_opts=None):
-    """Group fit function of the pipeline: `gpsfast.groups.run_fit` in `gpsfast.accelerated` mode.
+    """Group fit function of the pipeline: gammapy ``Fit`` on `gpsfast.fit.fast_datasets`.
 
-    The first attempt uses minuit strategy 0 (`FIRST_OPTIMIZE_OPTS`); a retry (any
-    ``optimize_opts`` given by `gpsfast.groups.fit_groups`) uses strategy 1.
+    The first attempt runs minuit with strategy 0 (`FIRST_OPTIMIZE_OPTS`); when it
+    does not converge, minuit goes on from where it stopped with strategy 1
+    (`RETRY_OPTIMIZE_OPTS`). The retry of `gpsfast.groups.fit_groups` (any
+    ``optimize_opts`` given) uses `RETRY_OPTIMIZE_OPTS` directly.
 
     Parameters
     ----------
     datasets : `~gammapy.datasets.Datasets`
         A group's cutout datasets.
     optimize_opts : dict, optional
-        Set by `~gpsfast.groups.fit_groups` for the retry.
+        Set by `~gpsfast.groups.fit_groups` for its retry.
 
     Returns
     -------
     result : `~gammapy.modeling.FitResult`
     """
+    fast = fast_datasets(datasets)
     with accelerated():
-        return run_fit(datasets, dict(RETRY_OPTIMIZE_OPTS if optimize_opts else FIRST_OPTIMIZE_OPTS))
+        if optimize_opts:
+            return Fit(optimize_opts=dict(RETRY_OPTIMIZE_OPTS)).run(fast)
+        result = Fit(optimize_opts=dict(FIRST_OPTIMIZE_OPTS)).run(fast)
+        if not result.success:
+            log.debug("strategy 0 did not converge (%s): continuing with strategy 1", result.message)
+            result = Fit(optimize_opts=dict(RETRY_OPTIMIZE_OPTS)).run(fast)
+    return result
 
 
 def match_catalogue(truth, models, max_separation=0.3):

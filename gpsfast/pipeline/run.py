@@ -15,22 +15,28 @@ from pathlib import Path
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
-from astropy.table import Table
+from astropy.table import Table, vstack
 from gammapy.datasets import Datasets, MapDataset
 from gammapy.estimators import FluxMaps
 from gammapy.maps import Map
 from gammapy.modeling.models import Models
 
+from ..accelerate import accelerated
 from ..detect import SeedCatalog, associate, find_seeds, significance_maps
 from ..errors import InputError
-from ..fit import fast_irfs
-from ..groups import fit_groups
+from ..groups import fit_groups, make_groups
 from ..models import accelerate_models, read_catalog, read_xml, write_catalog, write_xml
 from ..simulate import make_survey, read_survey, sources_table, write_survey
 from ..spectra import IndexMapEstimator, extract_spectra_table
 from ..utils import check_writable_dir, write_text_atomic
 from .config import PipelineConfig
-from .modelling import accelerated_fit, match_catalogue, seed_amplitude, seed_models, select_seeds
+from .modelling import (
+    accelerated_fit,
+    match_catalogue,
+    seed_amplitude,
+    seed_models,
+    select_seeds,
+)
 
 __all__ = ["run_pipeline", "STAGES"]
 
@@ -234,10 +240,86 @@ def _fit_client(config):
     return Client(config.scheduler)
 
 
-def _stage_fit(run):
-    """Group fits of the initial models, the other sources cached as npred templates."""
-    models = run.models("initial_models.yaml")
+def _fit_pass(run, datasets, everything, groups, label):
+    """One round of group fits; its results table (``pass`` column added)."""
     config, parallel = run.config.fit, run.config.parallel
+    client = _fit_client(parallel)
+    try:
+        table = fit_groups(
+            datasets, everything, groups=groups, n_jobs=parallel.n_jobs, backend=parallel.backend, client=client,
+            checkpoint=run.folder / "fits" / label, max_iterations=config.max_iterations, progress=True,
+            fit_function=accelerated_fit, release=config.release_shape,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    table["pass"] = label
+    failed = int(np.sum(~table["success"]))
+    if failed:
+        log.warning("%s: %d of %d group fits failed: their sources keep their starting models", label, failed,
+                    len(table))
+    return table
+
+
+def _groups(run, everything):
+    config = run.config.fit
+    return make_groups(everything, max_size=config.max_group_size, margin=f"{config.margin} deg")
+
+
+def _with_models(datasets, models):
+    """The datasets with their own background model and ``models``."""
+    for dataset in datasets:
+        backgrounds = [m for m in (dataset.models or []) if m.name == f"{dataset.name}-bkg"]
+        dataset.models = [*backgrounds, *models]
+    return datasets
+
+
+def _residual_maps(run, datasets, models):
+    """Residual significance maps of the datasets with their background and ``models``."""
+    accelerate_models(models)
+    with accelerated():
+        return significance_maps(_with_models(datasets, models), run.config.significance.radii,
+                                 background_only=False)
+
+
+def _residual_seed_models(run, datasets, models, index):
+    """Models for the residual peaks farther than ``fit.min_separation`` from every source."""
+    config = run.config
+    maps = _residual_maps(run, datasets, models)
+    seeds = find_seeds(maps, threshold=config.seeds.threshold, min_distance=f"{config.seeds.min_distance} deg",
+                       hough=False).table
+    if not len(seeds) or not len(models):
+        return Models([])
+    known = SkyCoord([m.position.galactic for m in models])
+    position = SkyCoord(np.asarray(seeds["glon"]), np.asarray(seeds["glat"]), unit="deg", frame="galactic")
+    far = position[:, None].separation(known[None, :]).deg.min(axis=1) > config.fit.min_separation
+    kept = select_seeds(seeds[far], config.fit.min_separation)
+    kept["name"] = [f"RES{index}-{k + 1:03d}" for k in range(len(kept))]
+    amplitude = [_residual_amplitude(maps, row) for row in kept]
+    log.info("residual pass %d: %d new sources", index, len(kept))
+    return seed_models(kept, amplitude=amplitude, position_range=config.fit.position_range,
+                       free_beta=config.fit.free_beta)
+
+
+def _residual_amplitude(maps, row):
+    """dN/dE at 1 TeV (cm-2 s-1 TeV-1) from the residual flux norm of the strongest map at a seed."""
+    label = max(maps, key=lambda key: float(row[f"sqrt_ts_{key}"]) if f"sqrt_ts_{key}" in row.colnames else -1)
+    position = SkyCoord(row["glon"], row["glat"], unit="deg", frame="galactic")
+    norm = float(maps[label]["norm"].get_by_coord({"skycoord": position})[0])
+    reference = maps[label].reference_model.spectral_model(1 * u.TeV).to_value("cm-2 s-1 TeV-1")
+    return max(norm, 1e-3) * reference if np.isfinite(norm) else 1e-13
+
+
+def _stage_fit(run):
+    """Group fits of the seed models, then of the sources found in the residual maps.
+
+    Each group is fitted on cutouts with the other sources cached as npred
+    templates. After the first pass, peaks of the residual significance maps
+    farther than ``fit.min_separation`` from every source become new sources,
+    and the groups holding them are fitted (``fit.residual_passes`` times at most).
+    """
+    models = run.models("initial_models.yaml")
+    config = run.config.fit
     if not config.enabled or not len(models):
         write_text_atomic(run.folder / "fitted_models.yaml", models.to_yaml())
         return
@@ -245,23 +327,19 @@ def _stage_fit(run):
     backgrounds = [m for d in datasets for m in (d.models or []) if m.name == f"{d.name}-bkg"]
     everything = Models([*models, *backgrounds])
     accelerate_models(everything)
-    client = _fit_client(parallel)
-    try:
-        table = fit_groups(
-            datasets, everything, n_jobs=parallel.n_jobs, backend=parallel.backend, client=client,
-            checkpoint=run.folder / "fits", max_iterations=config.max_iterations, progress=True,
-            fit_function=accelerated_fit, release=config.release_shape,
-            max_size=config.max_group_size, margin=f"{config.margin} deg",
-        )
-    finally:
-        if client is not None:
-            client.close()
-    table.write(run.folder / "fit_results.ecsv", overwrite=True)
-    failed = int(np.sum(~table["success"]))
-    if failed:
-        log.warning("%d of %d group fits failed: their sources keep the initial models", failed, len(table))
-    write_text_atomic(run.folder / "fitted_models.yaml", Models([m for m in everything if m.name in models.names])
-                      .to_yaml())
+    tables = [_fit_pass(run, datasets, everything, _groups(run, everything), "pass-0")]
+    sources = list(models.names)
+    for index in range(1, config.residual_passes + 1):
+        new = _residual_seed_models(run, datasets, Models([everything[name] for name in sources]), index)
+        if not len(new):
+            break
+        accelerate_models(new)
+        everything = Models([*[everything[name] for name in sources], *new, *backgrounds])
+        sources += list(new.names)
+        groups = [g for g in _groups(run, everything) if set(g.names) & set(new.names)]
+        tables.append(_fit_pass(run, datasets, everything, groups, f"pass-{index}"))
+    vstack(tables).write(run.folder / "fit_results.ecsv", overwrite=True)
+    write_text_atomic(run.folder / "fitted_models.yaml", Models([everything[name] for name in sources]).to_yaml())
 
 
 def _stage_catalogue(run):
@@ -284,15 +362,7 @@ def _ds9_regions(models):
 
 def _stage_residual(run):
     """Residual significance maps: every dataset with its background and the catalogue's models."""
-    models = run.models("models.yaml")
-    accelerate_models(models)
-    datasets = run.datasets()
-    for dataset in datasets:
-        backgrounds = [m for m in (dataset.models or []) if m.name == f"{dataset.name}-bkg"]
-        dataset.models = [*backgrounds, *models]
-    with fast_irfs(datasets):
-        maps = significance_maps(datasets, run.config.significance.radii, background_only=False)
-    for label, flux_maps in maps.items():
+    for label, flux_maps in _residual_maps(run, run.datasets(), run.models("models.yaml")).items():
         flux_maps.write(run.maps_folder / f"residual_{label}.fits", overwrite=True)
 
 

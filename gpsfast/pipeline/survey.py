@@ -20,8 +20,8 @@ from gammapy.modeling.models import Models
 from ..errors import InputError
 from ..models import read_catalog, write_catalog, write_xml
 from ..simulate import make_survey, read_survey, write_survey
-from .config import PipelineConfig
 from ..utils import write_text_atomic
+from .config import PipelineConfig
 from .run import run_pipeline
 
 __all__ = ["make_rois", "run_survey"]
