@@ -36,6 +36,11 @@ def test_outputs(finished_run):
     assert len(models) == len(Models.read(folder / "models.yaml")) > 0
     report = json.loads((folder / "validation.json").read_text())
     assert report["catalogue"]["n_sources"] == len(models)
+    bins = report["catalogue"]["completeness_vs_flux"]
+    assert sum(row["n_true"] for row in bins) == report["n_true_sources"]
+    assert all(0 <= row["n_found"] <= row["n_true"] for row in bins)
+    assert 0 <= report["catalogue"]["false_sources"] <= len(models)
+    assert (folder / "completeness.png").is_file()
     assert report["seeds"]["n_seeds"] >= len(models)
     assert report["n_true_sources"] >= 1
 

@@ -28,9 +28,12 @@ def seed_table():
 
 def test_select_seeds_keeps_strongest_of_each_cluster():
     kept = select_seeds(seed_table(), min_separation=0.2)
-    # B (20) beats A (0.1 deg away); E is 0.4 deg from B: kept; C beats D (0.15 deg away)
+    # B (20, radius 0.3) beats A (0.1 deg away); E is 0.4 deg from B: kept; C beats D (0.15 deg away)
     assert list(kept["name"]) == ["B", "E", "C"]
-    assert list(select_seeds(seed_table(), min_separation=0.05)["name"]) == ["B", "A", "E", "C", "D"]
+    # with a smaller separation, A (0.1 deg from B) is still inside B's radius; D is outside C's 0.02 deg
+    assert list(select_seeds(seed_table(), min_separation=0.05)["name"]) == ["B", "E", "C", "D"]
+    # B's radius capped at 0.05 deg: A is kept
+    assert list(select_seeds(seed_table(), 0.05, max_merge_radius=0.05)["name"]) == ["B", "A", "E", "C", "D"]
     assert len(select_seeds(seed_table()[:0])) == 0
 
 
@@ -40,6 +43,10 @@ def test_select_seeds_drops_hough_circles_holding_seeds():
     table["n_children"] = [0, 1, 0, 0, 0]
     # B is a Hough circle around A: dropped, A kept; D (an empty shell) is weaker than C, 0.15 deg away
     assert list(select_seeds(table, min_separation=0.2)["name"]) == ["A", "E", "C"]
+    table["radius"][2] = 0.5
+    table["sqrt_ts"][2] = 9.0
+    # C (radius 0.5) is now the strongest: E is 0.3 deg from A, A is 1.1 deg from C: both kept
+    assert list(select_seeds(table, min_separation=0.2)["name"]) == ["C", "A", "E"]
 
 
 def test_seed_models_bounded_around_seeds():

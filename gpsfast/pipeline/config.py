@@ -76,7 +76,9 @@ class FitConfig(_Section):
     margin: float = Field(0.3, ge=0, description="Cutout margin around a group's sources (deg).")
     max_iterations: int = Field(1, ge=1, description="Passes over the groups (each starts from the last).")
     residual_passes: int = Field(
-        1, ge=0, description="Times residual-map peaks become new sources, fitted with their groups.")
+        2, ge=0, description="Times residual-map peaks become new sources, fitted with their groups.")
+    residual_min_separation: float = Field(
+        0.1, gt=0, description="Residual peaks closer than this to a source are not new sources (deg).")
 
 
 class ParallelConfig(_Section):

@@ -30,21 +30,25 @@ log = logging.getLogger(__name__)
 REFERENCE_ENERGY = 1 * u.TeV
 
 
-def select_seeds(table, min_separation=0.2):
+def select_seeds(table, min_separation=0.2, max_merge_radius=0.5):
     """Seeds kept as sources: the strongest of every cluster of nearby seeds.
 
     Hough circles that contain other seeds (``method`` "hough" with
     ``n_children`` > 0, where the table has these columns) are dropped: their
     emission is that of the seeds inside. The others are taken by decreasing
-    ``sqrt_ts``; a seed is kept when it is farther than ``min_separation`` from
-    every seed kept before it.
+    ``sqrt_ts``; a seed is kept when, for every seed kept before it, it lies
+    farther than ``min_separation`` and outside that seed's radius (capped at
+    ``max_merge_radius``): an extended source found as several peaks becomes
+    one source; a real neighbour inside it is found again in the residual maps.
 
     Parameters
     ----------
     table : `~astropy.table.Table`
-        Seed table with ``glon``, ``glat`` (deg) and ``sqrt_ts``.
+        Seed table with ``glon``, ``glat``, ``radius`` (deg) and ``sqrt_ts``.
     min_separation : float, optional
         Smallest separation between two kept seeds (deg). Default 0.2.
+    max_merge_radius : float, optional
+        Largest seed radius used for merging (deg). Default 0.5.
 
     Returns
     -------
@@ -58,9 +62,11 @@ def select_seeds(table, min_separation=0.2):
     order = np.argsort(-np.asarray(table["sqrt_ts"], dtype=float), kind="stable")
     positions = SkyCoord(np.asarray(table["glon"])[order], np.asarray(table["glat"])[order], unit="deg",
                          frame="galactic")
+    reach = np.maximum(np.minimum(np.asarray(table["radius"], dtype=float)[order], max_merge_radius),
+                       min_separation)
     kept = []
     for k in range(len(order)):
-        if not kept or positions[k].separation(positions[kept]).deg.min() > min_separation:
+        if not kept or np.all(positions[k].separation(positions[kept]).deg > reach[kept]):
             kept.append(k)
     log.info("%d of %d seeds kept as sources (min separation %g deg)", len(kept), len(table), min_separation)
     return table[order[kept]]

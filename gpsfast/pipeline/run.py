@@ -283,7 +283,7 @@ def _residual_maps(run, datasets, models):
 
 
 def _residual_seed_models(run, datasets, models, index):
-    """Models for the residual peaks farther than ``fit.min_separation`` from every source."""
+    """Models for the residual peaks farther than ``fit.residual_min_separation`` from every source."""
     config = run.config
     maps = _residual_maps(run, datasets, models)
     seeds = find_seeds(maps, threshold=config.seeds.threshold, min_distance=f"{config.seeds.min_distance} deg",
@@ -292,8 +292,8 @@ def _residual_seed_models(run, datasets, models, index):
         return Models([])
     known = SkyCoord([m.position.galactic for m in models])
     position = SkyCoord(np.asarray(seeds["glon"]), np.asarray(seeds["glat"]), unit="deg", frame="galactic")
-    far = position[:, None].separation(known[None, :]).deg.min(axis=1) > config.fit.min_separation
-    kept = select_seeds(seeds[far], config.fit.min_separation)
+    far = position[:, None].separation(known[None, :]).deg.min(axis=1) > config.fit.residual_min_separation
+    kept = select_seeds(seeds[far], config.fit.residual_min_separation)
     kept["name"] = [f"RES{index}-{k + 1:03d}" for k in range(len(kept))]
     amplitude = [_residual_amplitude(maps, row) for row in kept]
     log.info("residual pass %d: %d new sources", index, len(kept))
@@ -305,7 +305,7 @@ def _residual_amplitude(maps, row):
     """dN/dE at 1 TeV (cm-2 s-1 TeV-1) from the residual flux norm of the strongest map at a seed."""
     label = max(maps, key=lambda key: float(row[f"sqrt_ts_{key}"]) if f"sqrt_ts_{key}" in row.colnames else -1)
     position = SkyCoord(row["glon"], row["glat"], unit="deg", frame="galactic")
-    norm = float(maps[label]["norm"].get_by_coord({"skycoord": position})[0])
+    norm = float(maps[label]["norm"].sum_over_axes(keepdims=False).get_by_coord({"skycoord": position})[0])
     reference = maps[label].reference_model.spectral_model(1 * u.TeV).to_value("cm-2 s-1 TeV-1")
     return max(norm, 1e-3) * reference if np.isfinite(norm) else 1e-13
 
@@ -315,7 +315,7 @@ def _stage_fit(run):
 
     Each group is fitted on cutouts with the other sources cached as npred
     templates. After the first pass, peaks of the residual significance maps
-    farther than ``fit.min_separation`` from every source become new sources,
+    farther than ``fit.residual_min_separation`` from every source become new sources,
     and the groups holding them are fitted (``fit.residual_passes`` times at most).
     """
     models = run.models("initial_models.yaml")
@@ -396,14 +396,32 @@ def _flux(model, energy=(1 * u.TeV, 100 * u.TeV)):
     return float(model.spectral_model.integral(*energy).to_value("cm-2 s-1"))
 
 
+def _completeness_vs_flux(table, n_bins=5):
+    """Fraction of the true sources in the catalogue per bin of true 1-100 TeV flux (log bins)."""
+    flux = np.asarray(table["flux_postev"], dtype=float)
+    positive = flux > 0
+    if not positive.any():
+        return []
+    edges = np.geomspace(flux[positive].min(), flux[positive].max() * (1 + 1e-9), n_bins + 1)
+    rows = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (flux >= low) & (flux < high)
+        rows.append({"flux_min": float(low), "flux_max": float(high), "n_true": int(inside.sum()),
+                     "n_found": int(np.sum(table["in_catalogue"][inside]))})
+    return rows
+
+
 def _catalogue_report(truth, models, table, bright):
     """Completeness, positions and fluxes of the catalogue against the true sources above 5 sigma."""
     pairs = match_catalogue(truth, models)
     detected = set(pairs["source"])
     table["in_catalogue"] = [name in detected for name in table["name"]]
+    n_false = len(models) - len(pairs)
     pairs = pairs[[name in set(table["name"][bright]) for name in pairs["source"]]]
     report = {
         "n_sources": len(models),
+        "false_sources": n_false,
+        "completeness_vs_flux": _completeness_vs_flux(table),
         "completeness_above_5_sigma": float(np.mean(table["in_catalogue"][bright])) if bright.any() else None,
         "median_position_offset_deg": float(np.median(pairs["separation"])) if len(pairs) else None,
         "position_bias_deg": float(np.hypot(np.mean(pairs["dlon"]), np.mean(pairs["dlat"]))) if len(pairs) else None,
@@ -468,6 +486,27 @@ def _plot_flux_recovery(run, plt):
     plt.close(fig)
 
 
+def _plot_completeness(run, plt):
+    """Completeness of the catalogue vs true flux, from ``validation.json``."""
+    path = run.folder / "validation.json"
+    if not path.is_file():
+        return
+    rows = json.loads(path.read_text())["catalogue"]["completeness_vs_flux"]
+    rows = [row for row in rows if row["n_true"]]
+    if not rows:
+        return
+    center = [np.sqrt(row["flux_min"] * row["flux_max"]) for row in rows]
+    fraction = [row["n_found"] / row["n_true"] for row in rows]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogx(center, fraction, "o-")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("true flux 1-100 TeV (cm-2 s-1)")
+    ax.set_ylabel("fraction in the catalogue")
+    ax.set_title("completeness vs flux")
+    fig.savefig(run.folder / "completeness.png", dpi=100)
+    plt.close(fig)
+
+
 def _plot_sources(ax, models):
     for model in models:
         position = model.position.galactic
@@ -482,6 +521,7 @@ def _stage_plots(run):
 
     if run.truth() is not None:
         _plot_flux_recovery(run, plt)
+        _plot_completeness(run, plt)
     seeds, models = run.seeds(), run.models("models.yaml")
     for label, maps in run.significance_maps().items():
         fig = plt.figure(figsize=(10, 5))
