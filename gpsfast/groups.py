@@ -12,8 +12,11 @@
   (one future per group), with retries, worker-death recovery and an on-disk
   checkpoint.
 
-Only a `GroupTask` (cutout datasets and the group's models) is shipped to a
-worker; it pickles with pickle and cloudpickle.
+Only a `GroupTask` is shipped to a worker: cutouts of the datasets (made in the
+parent, cheap), copies of the group's models and the outer models that reach
+the cutout; the worker computes their npred template, the expensive part of
+the set-up, so that the parent process stays free to dispatch. It pickles with
+pickle and cloudpickle.
 """
 import hashlib
 import json
@@ -32,7 +35,12 @@ from astropy.nddata import NoOverlapError
 from astropy.table import Table
 from gammapy.datasets import Datasets, MapDataset
 from gammapy.modeling import Fit
-from gammapy.modeling.models import Models, SkyModel, TemplateNPredModel, TemplateSpatialModel
+from gammapy.modeling.models import (
+    Models,
+    SkyModel,
+    TemplateNPredModel,
+    TemplateSpatialModel,
+)
 from regions import RectangleSkyRegion
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -47,8 +55,8 @@ __all__ = [
     "GroupTask",
     "fit_group_task",
     "fit_groups",
-    "make_groups",
     "make_group_task",
+    "make_groups",
     "run_fit",
     "source_extent",
 ]
@@ -57,6 +65,16 @@ log = logging.getLogger(__name__)
 
 SAFE_OPTIMIZE_OPTS = {"strategy": 2}
 """Minuit options of the retry (safer settings; the shape parameters stay frozen)."""
+
+POSITION_STEP = 0.1 * u.deg
+"""Largest start step of minuit on a free ``lon_0`` / ``lat_0``.
+
+minuit's start step on a parameter is its error, or one autoscale unit when it
+has none: 100 deg for a longitude of 356.7 deg, 1 deg for 3.3 deg. The first
+gradient then moves the source out of its cutout and the fit fails without
+moving ("estimated distance to minimum too large"). Larger steps are cut to
+this one; smaller ones (sources within 1 deg of the origin) are left as they
+are."""
 
 
 # --------------------------------------------------------------------- groups
@@ -248,15 +266,27 @@ def make_groups(models, psf_radius="0.1 deg", max_size=5, margin="0.3 deg"):
 
 @dataclass
 class GroupTask:
-    """What a worker needs to fit one group: cutout datasets with their models.
+    """What a worker needs to fit one group: cutouts of the datasets and the models they need.
+
+    The cutouts are made where the task is built (map slices, cheap); the
+    expensive part, the npred of the sources outside the group, is computed by
+    `make_datasets` in the worker.
 
     Attributes
     ----------
     group : `Group`
     iteration : int
-    datasets : `~gammapy.datasets.Datasets`
-        Cutouts (same names as the full datasets) with the group's models (copies),
-        frozen backgrounds and an outer-source npred template each.
+    cutouts : list of `~gammapy.datasets.MapDataset`
+        Cutouts (same names as the full datasets) of the datasets the group
+        overlaps, without models.
+    members : list of `~gammapy.modeling.models.SkyModel`
+        The group's models, copied by `make_datasets` (the fit changes the copies).
+    backgrounds : dict
+        ``{dataset name: [models]}``: the background models of each cutout
+        (npred templates cut out as the dataset).
+    outer : dict
+        ``{dataset name: [models]}``: the sources outside the group that may add
+        counts to each cutout (and diffuse models).
     fit_function : callable
         ``fit_function(datasets, optimize_opts)`` returning a gammapy ``FitResult``.
     release : bool
@@ -267,10 +297,37 @@ class GroupTask:
 
     group: Group
     iteration: int
-    datasets: Datasets
+    cutouts: list
+    members: list
+    backgrounds: dict
+    outer: dict
     fit_function: object
     release: bool = True
     safe: bool = False
+
+    def make_datasets(self):
+        """The cutouts with their models, ready to fit.
+
+        Each cutout gets copies of the group's members (one copy shared by all
+        cutouts), its backgrounds and, when sources outside the group reach it,
+        their npred as one frozen `~gammapy.modeling.models.TemplateNPredModel`
+        named ``<dataset>-outer-sources``. Each call makes new copies of the
+        members.
+
+        Returns
+        -------
+        datasets : `~gammapy.datasets.Datasets`
+        """
+        datasets = Datasets()
+        copies = [_copy_model(m) for m in self.members]
+        for cutout in self.cutouts:
+            name = cutout.name
+            outer = self.outer[name]
+            templates = [_outer_template(cutout, outer)] if outer else []
+            members = [m for m in copies if _applies(m, name)]
+            cutout.models = Models([*members, *self.backgrounds[name], *templates])
+            datasets.append(cutout)
+        return datasets
 
 
 @dataclass
@@ -359,23 +416,13 @@ def _cut_background(model, group):
                               datasets_names=model.datasets_names)
 
 
-def _cutout(dataset, group, models, members):
-    """Cutout of one dataset with the group's models, its background and the outer npred."""
-    cutout = dataset.cutout(position=group.center, width=group.width, mode="trim", name=dataset.name)
-    others = [m for m in models if not isinstance(m, SkyModel) and _applies(m, dataset.name)]
-    backgrounds = [_cut_background(m, group) for m in others]
-    reach = group.width.deg / np.sqrt(2) + 1.0
-    outer = [m for m in _outer_models(models, group, reach) if _applies(m, dataset.name)]
-    templates = []
-    if outer:
-        cutout.models = Models(outer)
-        npred = npred_signal(cutout, model_names=[m.name for m in outer])
-        template = TemplateNPredModel(npred, name=f"{dataset.name}-outer-sources", datasets_names=[dataset.name])
-        template.spectral_model.norm.frozen = True
-        templates.append(template)
-    members = [m for m in members if _applies(m, dataset.name)]
-    cutout.models = Models([*members, *backgrounds, *templates])
-    return cutout
+def _outer_template(cutout, outer):
+    """Frozen npred template of the outer sources on a cutout."""
+    cutout.models = Models(outer)
+    npred = npred_signal(cutout, model_names=[m.name for m in outer])
+    template = TemplateNPredModel(npred, name=f"{cutout.name}-outer-sources", datasets_names=[cutout.name])
+    template.spectral_model.norm.frozen = True
+    return template
 
 
 def _applies(model, dataset_name):
@@ -384,7 +431,10 @@ def _applies(model, dataset_name):
 
 
 def make_group_task(datasets, models, group, iteration=0, fit_function=None, release=True):
-    """Build the `GroupTask` of a group: cutouts of every dataset with the models it needs.
+    """Build the `GroupTask` of a group: cutouts of every dataset and the models they need.
+
+    Only map slices and model selections are done here; the outer sources'
+    npred is computed where the task runs (`GroupTask.make_datasets`).
 
     Parameters
     ----------
@@ -403,16 +453,23 @@ def make_group_task(datasets, models, group, iteration=0, fit_function=None, rel
     -------
     task : `GroupTask`
     """
-    members = [_copy_model(models[name]) for name in group.names]
-    cutouts = Datasets()
+    members = [models[name] for name in group.names]
+    around = _outer_models(models, group, reach=group.width.deg / np.sqrt(2) + 1.0)
+    cutouts, backgrounds, outer = [], {}, {}
     for dataset in datasets:
         try:
-            cutouts.append(_cutout(dataset, group, models, members))
+            cutout = dataset.cutout(position=group.center, width=group.width, mode="trim", name=dataset.name)
         except NoOverlapError:
             log.debug("group %d does not overlap dataset %s", group.index, dataset.name)
+            continue
+        cutouts.append(cutout)
+        backgrounds[dataset.name] = [
+            _cut_background(m, group) for m in models if not isinstance(m, SkyModel) and _applies(m, dataset.name)
+        ]
+        outer[dataset.name] = [m for m in around if _applies(m, dataset.name)]
     if not cutouts:
         raise InputError(f"group {group.index} {list(group.names)}: its cutout is outside every dataset")
-    return GroupTask(group, iteration, cutouts, fit_function or run_fit, release)
+    return GroupTask(group, iteration, cutouts, members, backgrounds, outer, fit_function or run_fit, release)
 
 
 # ---------------------------------------------------------------- worker
@@ -435,9 +492,9 @@ def run_fit(datasets, optimize_opts=None):
         return Fit(optimize_opts=optimize_opts or {}).run(datasets)
 
 
-def _prepare(task, safe):
+def _prepare(task, datasets, safe):
     """Freeze everything but the group's own free parameters; release the main shape."""
-    models = task.datasets.models
+    models = datasets.models
     for model in models:
         if model.name not in task.group.names:
             for par in model.parameters:
@@ -449,11 +506,29 @@ def _prepare(task, safe):
             par.frozen = True
     elif shape and task.release:
         release_shape(main)
+    _set_position_steps(models, task.group.names)
     return len(models.parameters.free_parameters.unique_parameters)
 
 
-def _fitted_parameters(task):
-    models = task.datasets.models
+def _set_position_steps(models, names):
+    """Cut the start steps of the members' free positions to `POSITION_STEP` (through their error)."""
+    largest = POSITION_STEP.to_value("deg")
+    for name in names:
+        for par in models[name].parameters.free_parameters:
+            if par.name not in ("lon_0", "lat_0"):
+                continue
+            if np.isfinite(par.error) and par.error > 0:
+                step = u.Quantity(par.error, par.unit).to_value("deg")
+            else:
+                probe = par.copy()
+                probe.autoscale()
+                step = u.Quantity(probe.scale, par.unit).to_value("deg")
+            if step > largest:
+                par.error = POSITION_STEP.to_value(par.unit)
+
+
+def _fitted_parameters(task, datasets):
+    models = datasets.models
     return {
         name: {p.name: [float(p.value), float(p.error)] for p in models[name].parameters}
         for name in task.group.names
@@ -461,18 +536,27 @@ def _fitted_parameters(task):
     }
 
 
-def _attempt(task, safe):
+def _attempt(task, datasets, safe):
     """One fit attempt: (success, stat, n_free, message)."""
-    n_free = _prepare(task, safe)
-    result = task.fit_function(task.datasets, SAFE_OPTIMIZE_OPTS if safe else None)
+    n_free = _prepare(task, datasets, safe)
+    result = task.fit_function(datasets, SAFE_OPTIMIZE_OPTS if safe else None)
     message = "" if result.success else f"not converged: {result.message}"
     return bool(result.success), float(result.total_stat), n_free, message
+
+
+def _result(task, start, success=False, stat=float("nan"), n_free=0, attempts=1, message="", parameters=None):
+    group = task.group
+    return GroupResult(group.index, group.key, task.iteration, group.names, group.main, success, stat, n_free,
+                       time.perf_counter() - start, attempts, message, parameters or {})
 
 
 def fit_group_task(task):
     """Fit one group (in a worker): a first attempt, then one retry with safe settings.
 
-    The retry (shape parameters frozen, minuit ``strategy=2``, start values
+    The cutouts' models are set up first (`GroupTask.make_datasets`: the outer
+    sources' npred is computed here); a failure there is reported without a
+    retry. Start steps of free positions are cut to `POSITION_STEP`. The retry
+    (shape parameters frozen, minuit ``strategy=2``, start values and errors
     restored) follows a fit that raised or did not converge. Exceptions are
     caught and reported in the result.
 
@@ -485,27 +569,27 @@ def fit_group_task(task):
     result : `GroupResult`
     """
     start = time.perf_counter()
-    saved = [(p, p.value, p.frozen) for p in task.datasets.models.parameters]
+    try:
+        datasets = task.make_datasets()
+    except Exception as exc:  # noqa: BLE001  reported, not raised: the other groups go on
+        return _result(task, start, message=f"cutout models: {type(exc).__name__}: {exc}")
+    saved = [(p, p.value, p.error, p.frozen) for p in datasets.models.parameters]
     messages, attempts = [], 0
     success, stat, n_free = False, float("nan"), 0
     for safe in ([True] if task.safe else [False, True]):
         attempts += 1
-        for par, value, was_frozen in saved:
-            par.value, par.frozen = value, was_frozen
+        for par, value, error, was_frozen in saved:
+            par.value, par.error, par.frozen = value, error, was_frozen
         try:
-            success, stat, n_free, message = _attempt(task, safe)
+            success, stat, n_free, message = _attempt(task, datasets, safe)
         except Exception as exc:  # noqa: BLE001  any failure of a fit is reported, not raised
             success, message = False, f"{type(exc).__name__}: {exc}"
         if message:
             messages.append(f"attempt {attempts}{' (safe)' if safe else ''}: {message}")
         if success:
             break
-    group = task.group
-    return GroupResult(
-        group.index, group.key, task.iteration, group.names, group.main, success, stat, n_free,
-        time.perf_counter() - start, attempts, "; ".join(messages),
-        _fitted_parameters(task) if success else {},
-    )
+    parameters = _fitted_parameters(task, datasets) if success else {}
+    return _result(task, start, success, stat, n_free, attempts, "; ".join(messages), parameters)
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -624,7 +708,8 @@ def _needs_retry(result):
 def _isolated(task, backend, client):
     """Run one task alone in a worker process; a failed result if the worker dies."""
     try:
-        return list(_run_tasks([task], 2, backend, client))[0]
+        (result,) = _run_tasks([task], 2, backend, client)
+        return result
     except Exception as exc:  # noqa: BLE001  pool errors: the worker died
         return _died(task, exc)
 
@@ -639,13 +724,18 @@ def _retry_safe(task, first, backend, client):
     return retry
 
 
+def _cost(group):
+    """Rough cost of a group fit, for the dispatch order: (number of members)^2 x cutout area."""
+    return len(group.names) ** 2 * group.width.deg**2
+
+
 def _run_iteration(datasets, models, groups, iteration, options, store):
     """Fit every group once (from the same starting models); results by group key."""
     results = store.load(iteration, groups) if store else {}
     if results:
         log.info("iteration %d: %d groups resumed from the checkpoint", iteration, len(results))
-    # largest groups first: the long fits do not end up alone at the tail of the pool
-    pending = sorted((g for g in groups if g.key not in results), key=lambda g: (-len(g.names), -g.width.deg))
+    # costliest groups first: the long fits do not end up alone at the tail of the pool
+    pending = sorted((g for g in groups if g.key not in results), key=lambda g: (-_cost(g), g.index))
     backend, client = options["backend"], options["client"]
     tasks = {}
 
@@ -658,7 +748,10 @@ def _run_iteration(datasets, models, groups, iteration, options, store):
 
     def record(result):
         results[result.key] = result
-        if store and not _needs_retry(result):
+        if _needs_retry(result):
+            return
+        tasks.pop(result.key, None)  # its cutouts are not needed any more
+        if store:
             store.save(result)
 
     bar = progress_bar(None, desc=f"group fits (iteration {iteration})", show=options["progress"],
@@ -667,7 +760,7 @@ def _run_iteration(datasets, models, groups, iteration, options, store):
         for result in _run_tasks((task_of(g) for g in pending), options["n_jobs"], backend, client):
             record(result)
             bar.update()
-    except Exception as exc:  # noqa: BLE001  a worker died: the unfinished groups are re-run alone
+    except Exception as exc:  # a worker died: the unfinished groups are re-run alone
         if isinstance(exc, GpsfastError) or _in_process(options["n_jobs"], backend, client):
             raise
         log.warning("iteration %d: worker pool failed (%s: %s)", iteration, type(exc).__name__, exc)
@@ -750,6 +843,12 @@ def fit_groups(
     (in place). Iterations stop when no parameter moved by more than
     ``tolerance`` times its error, or after ``max_iterations``.
 
+    The parent process only cuts the datasets out and dispatches; each worker
+    computes its cutouts' outer-source npred template and fits. Groups are
+    dispatched costliest first (members squared times cutout area), so that a
+    long fit does not end up alone at the tail of the pool. Pool workers are
+    reused across iterations and calls (joblib's reusable loky executor).
+
     A fit that raises or does not converge is retried once with safe settings
     (shape parameters frozen, minuit ``strategy=2``). When a worker process
     dies, the finished results are kept and the unfinished groups are re-run
@@ -802,8 +901,8 @@ def fit_groups(
     datasets, models = _check_inputs(datasets, models, n_jobs, backend, max_iterations)
     groups = make_groups(models, **group_options) if groups is None else list(groups)
     store = _Checkpoint(checkpoint, groups) if checkpoint is not None else None
-    options = dict(n_jobs=n_jobs, backend=backend, client=client, progress=progress,
-                   fit_function=fit_function or run_fit, release=release)
+    options = {"n_jobs": n_jobs, "backend": backend, "client": client, "progress": progress,
+               "fit_function": fit_function or run_fit, "release": release}
     rows, converged, iteration = [], False, 0
     for iteration in range(int(max_iterations)):
         results = _run_iteration(datasets, models, groups, iteration, options, store)

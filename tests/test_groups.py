@@ -45,7 +45,7 @@ CHEAP = ("p0", "p2", "g3")
 
 
 def source(name, lon, lat, sigma=None, amplitude=1e-12, index=2.3):
-    position = dict(lon_0=lon * u.deg, lat_0=lat * u.deg, frame="galactic")
+    position = {"lon_0": lon * u.deg, "lat_0": lat * u.deg, "frame": "galactic"}
     if sigma is None:
         spatial = PointSpatialModel(**position)
     else:
@@ -221,15 +221,33 @@ def test_group_fit_agrees_with_global_fit(patch):
             assert_allclose(ours.error, theirs.error, rtol=0.3)
 
 
+def test_wrapped_longitude_converges_to_the_same_position(patch, group_fit):
+    """lon_0 = 359.3 deg instead of -0.7 deg: gammapy's default start step (one autoscale unit,
+    100 deg here) would move the source out of its cutout; the group fit starts with a step of at most 0.1 deg (POSITION_STEP)."""
+    models = fresh_models(patch)
+    models["p0"].spatial_model.lon_0.value += 360
+    groups = [g for g in make_groups(models) if g.names == ("p0",)]
+    table = fit_groups(patch[0], models, groups=groups)
+    assert table["success"].all() and table["attempts"][0] == 1
+    fitted, reference = models["p0"].parameters, group_fit[0]["p0"].parameters
+    assert 359 < fitted["lon_0"].value < 360
+    for name in ("lon_0", "lat_0", "amplitude", "index"):
+        expected = reference[name].value + (360 if name == "lon_0" else 0)
+        assert abs(fitted[name].value - expected) < 0.05 * reference[name].error, name
+        assert_allclose(fitted[name].error, reference[name].error, rtol=0.05)
+
+
 def test_joint_subtev_postev_cutouts_share_the_group_models():
     datasets, models = simulate(presets="both")
     group = next(g for g in make_groups(models) if g.names == ("p2",))
     task = make_group_task(datasets, models, group)
-    assert task.datasets.names == ["subtev", "postev"]
-    for full, cutout in zip(datasets, task.datasets):
+    assert all(cutout.models is None for cutout in task.cutouts)  # the outer npred is left to the worker
+    cutouts = task.make_datasets()
+    assert cutouts.names == ["subtev", "postev"]
+    for full, cutout in zip(datasets, cutouts):
         assert cutout.counts.geom.data_shape[1:] < full.counts.geom.data_shape[1:]
         assert cutout.models.names == ["p2", f"{full.name}-bkg", f"{full.name}-outer-sources"]
-    assert task.datasets[0].models["p2"] is task.datasets[1].models["p2"]
+    assert cutouts[0].models["p2"] is cutouts[1].models["p2"]
     result = fit_group_task(task)
     assert result.success
     position = models["p2"].position
@@ -240,7 +258,9 @@ def test_joint_subtev_postev_cutouts_share_the_group_models():
 def test_outer_sources_are_cached_as_a_frozen_npred_template(patch):
     datasets, models = patch
     group = next(g for g in make_groups(models) if g.names == ("g1", "g1b"))
-    template = make_group_task(datasets, models, group).datasets["postev"].models["postev-outer-sources"]
+    task = make_group_task(datasets, models, group)
+    assert sorted(m.name for m in task.outer["postev"]) == ["g3", "p0", "p2"]
+    template = task.make_datasets()["postev"].models["postev-outer-sources"]
     assert template.parameters.free_parameters.names == []
     # p0 and p2 lie in the cutout, g3 near it: their npred on the full dataset, cut out
     expected = datasets["postev"].npred_signal(model_names=["p0", "p2", "g3"]).cutout(group.center, group.width)
@@ -256,9 +276,10 @@ def test_existing_npred_templates_are_cut_out(patch):
     template = TemplateNPredModel(npred, name="cached", datasets_names=["postev"])
     group = make_groups(models)[0]
     task = make_group_task(datasets, Models([*fresh_models(patch), template]), group)
-    cut = task.datasets["postev"].models["cached"]
+    cutout = task.make_datasets()["postev"]
+    cut = cutout.models["cached"]
     expected = npred.cutout(group.center, group.width)
-    assert cut.map.geom == task.datasets["postev"].counts.geom
+    assert cut.map.geom == cutout.counts.geom
     assert_allclose(cut.map.data, expected.data)
     assert cut is not template and cut.spectral_model.norm.value == template.spectral_model.norm.value
 
@@ -281,6 +302,16 @@ def test_tasks_pickle_and_give_identical_results(patch):
 
 
 # ------------------------------------------------------------------ faults and checkpoints
+
+
+def test_failed_cutout_set_up_is_reported_without_retry(patch):
+    datasets, models = patch
+    group = next(g for g in make_groups(models) if g.names == ("p2",))
+    task = make_group_task(datasets, models, group)
+    task.outer["postev"] = [models["g3"].spatial_model]  # not a sky model: the outer npred cannot be computed
+    result = fit_group_task(task)
+    assert not result.success and result.attempts == 1 and result.parameters == {}
+    assert result.message.startswith("cutout models: ")
 
 
 def test_raising_group_is_retried_and_reported(patch):
@@ -316,7 +347,7 @@ def test_interrupted_run_resumes_from_checkpoint(patch, group_fit, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit_groups(patch[0], models, groups=groups, checkpoint=tmp_path, fit_function=interrupting_fit)
     done = {call[0] for call in FIT_CALLS}
-    assert len(done) == len(FIT_CALLS) >= 1 and "p2" not in done
+    assert [call[0] for call in FIT_CALLS] == ["g3", "p0"]  # costliest group (the widest cutout) first
     assert all(call[1:] == ("postev-bkg", "postev-outer-sources") for call in FIT_CALLS)
     assert len(list(tmp_path.glob("iter000-*.json"))) == len(done)
     FIT_CALLS.clear()
@@ -359,7 +390,7 @@ def test_dask_local_cluster_matches_loky(patch):
 
 
 def test_fit_groups_bad_input(patch):
-    datasets, models = patch
+    datasets, _models = patch
     with pytest.raises(InputError, match="backend"):
         fit_groups(datasets, fresh_models(patch), backend="spark")
     with pytest.raises(InputError, match="max_iterations"):
