@@ -32,6 +32,7 @@ def test_outputs(finished_run):
         assert (folder / name).is_file(), name
     state = json.loads((folder / "state.json").read_text())
     assert state["done"] == list(STAGES)
+    assert list(state["seconds"]) == list(STAGES) and all(t >= 0 for t in state["seconds"].values())
     models = read_catalog(folder / "catalogue.fits")
     assert len(models) == len(Models.read(folder / "models.yaml")) > 0
     report = json.loads((folder / "validation.json").read_text())
@@ -124,7 +125,9 @@ def test_resume_after_failure(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline_run._STAGE_FUNCTIONS, "association", original)
     run_pipeline(config)
     assert done_before == [], "finished stages are not redone"
-    assert json.loads((config.output / "state.json").read_text())["done"] == list(STAGES)
+    state = json.loads((config.output / "state.json").read_text())
+    assert state["done"] == list(STAGES)
+    assert list(state["seconds"]) == list(STAGES), "the times of the stages done before the failure are kept"
 
 
 def test_refuses_to_mix_runs(finished_run):
@@ -132,6 +135,17 @@ def test_refuses_to_mix_runs(finished_run):
     other = config.model_copy(update={"seeds": config.seeds.model_copy(update={"threshold": 6.0})})
     with pytest.raises(InputError, match="another configuration"):
         run_pipeline(other)
+
+
+def test_resumes_with_other_parallel_settings(finished_run, monkeypatch):
+    """Worker count and backend do not change the results: the finished run is taken as it is."""
+    folder, config = finished_run
+    before = (folder / "catalogue.fits").read_bytes()
+    for stage in STAGES:
+        monkeypatch.setitem(pipeline_run._STAGE_FUNCTIONS, stage, lambda run: pytest.fail("a stage was redone"))
+    other = config.model_copy(update={"parallel": config.parallel.model_copy(update={"n_jobs": 2})})
+    assert run_pipeline(other) == folder
+    assert (folder / "catalogue.fits").read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -142,6 +156,8 @@ def test_refuses_to_mix_runs(finished_run):
         ("input:\n  width: -1\n", "input.width: Input should be greater than 0"),
         ("input:\n  kind: files\n", "input.kind is 'files' but input.datasets is empty"),
         ("parallel:\n  backend: spark\n", "parallel.backend: Input should be 'loky' or 'dask'"),
+        ("parallel:\n  n_jobs: 0\n", "parallel.n_jobs: Value error, n_jobs must be -1"),
+        ("parallel:\n  n_jobs: -2\n", "parallel.n_jobs: Input should be greater than or equal to -1"),
         ("- a\n- b\n", "must be a mapping"),
     ],
 )

@@ -7,7 +7,7 @@ from astropy.coordinates import SkyCoord
 from gammapy.modeling.models import Models
 
 from gpsfast.errors import InputError
-from gpsfast.pipeline import PipelineConfig, make_rois, run_survey
+from gpsfast.pipeline import PipelineConfig, load_config, make_rois, run_survey
 from gpsfast.pipeline import run as pipeline_run
 
 
@@ -39,6 +39,7 @@ def merged_positions(folder):
 
 def test_survey_merge_and_resume(tmp_path, monkeypatch):
     config = strip_config(tmp_path)
+    config = config.model_copy(update={"parallel": config.parallel.model_copy(update={"n_jobs": 2})})
     original = pipeline_run._STAGE_FUNCTIONS["seeds"]
 
     def fail_in_second_roi(run):
@@ -51,6 +52,8 @@ def test_survey_merge_and_resume(tmp_path, monkeypatch):
         run_survey(config, roi_width=2.5, roi_overlap=0.5, n_jobs=1)
     first = json.loads((config.output / "roi-01" / "pipeline" / "state.json").read_text())
     assert first["done"] == list(pipeline_run.STAGES), "the first ROI is complete and kept"
+    roi_config = load_config(config.output / "roi-01" / "pipeline" / "config.yaml")
+    assert roi_config.parallel.n_jobs == 1, "no process pool inside a ROI: the ROIs are the parallel tasks"
 
     calls = []
     for stage in pipeline_run.STAGES:

@@ -2,8 +2,9 @@
 from pathlib import Path
 from typing import Literal, Optional
 
+import joblib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InputError
 
@@ -85,8 +86,20 @@ class ParallelConfig(_Section):
     """Parallel backend for the stages that use one."""
 
     backend: Literal["loky", "dask"] = "loky"
-    n_jobs: int = Field(1, ge=1)
+    n_jobs: int = Field(-1, ge=-1, description="Worker processes; -1: one per CPU core this process may use.")
     scheduler: Optional[str] = Field(None, description="dask scheduler address (backend: dask).")
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _some_workers(cls, value):
+        if value == 0:
+            raise ValueError("n_jobs must be -1 (one per CPU core) or at least 1")
+        return value
+
+    @property
+    def workers(self):
+        """The number of worker processes (`n_jobs`, -1 resolved with joblib's CPU count)."""
+        return joblib.cpu_count() if self.n_jobs == -1 else self.n_jobs
 
 
 class PipelineConfig(_Section):

@@ -10,11 +10,13 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
+from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table, vstack
 from gammapy.datasets import Datasets, MapDataset
 from gammapy.estimators import FluxMaps
@@ -49,12 +51,13 @@ STAGES = (
 
 
 class _State:
-    """``state.json`` of an output folder: the configuration hash and the finished stages."""
+    """``state.json`` of an output folder: the configuration hash, the finished stages and their wall times (s)."""
 
     def __init__(self, folder, config_hash):
         self.path = folder / "state.json"
         self.config_hash = config_hash
         self.done = []
+        self.seconds = {}
         if self.path.is_file():
             state = json.loads(self.path.read_text())
             if state.get("config_hash") != config_hash:
@@ -63,14 +66,22 @@ class _State:
                     "use another output folder or --overwrite"
                 )
             self.done = state.get("done", [])
+            self.seconds = state.get("seconds", {})
 
     def mark(self, stage, seconds):
         self.done.append(stage)
-        write_text_atomic(self.path, json.dumps({"config_hash": self.config_hash, "done": self.done, stage: seconds}))
+        self.seconds[stage] = round(seconds, 3)
+        state = {"config_hash": self.config_hash, "done": self.done, "seconds": self.seconds}
+        write_text_atomic(self.path, json.dumps(state, indent=1))
+
+
+RESULT_NEUTRAL = ("parallel", "output")
+"""Configuration sections that do not change the results: a run may resume with other values."""
 
 
 def _config_hash(config):
-    return hashlib.sha256(config.to_yaml().encode()).hexdigest()[:16]
+    settings = config.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Run:
@@ -197,7 +208,10 @@ def _stage_spectra(run):
         inside = _inside_map(dataset, regions)
         if inside.any():
             spectra = extract_spectra_table(dataset, regions[inside])
-            spectra.write(run.folder / f"seed_spectra_{dataset.name}.fits", overwrite=True)
+            with warnings.catch_warnings():
+                # the long meta keys (energy_edges, energy_true_edges) become HIERARCH cards: valid, read back as written
+                warnings.filterwarnings("ignore", category=VerifyWarning, message="Keyword name")
+                spectra.write(run.folder / f"seed_spectra_{dataset.name}.fits", overwrite=True)
         index = IndexMapEstimator(correlation_radius=f"{run.config.spectra.index_radius} deg").run(dataset)
         index.write(run.maps_folder / f"index_{dataset.name}.fits", overwrite=True)
 
@@ -261,7 +275,7 @@ def _fit_pass(run, datasets, everything, groups, label):
         logging.getLogger(name).addFilter(quiet)
     try:
         table = fit_groups(
-            datasets, everything, groups=groups, n_jobs=parallel.n_jobs, backend=parallel.backend, client=client,
+            datasets, everything, groups=groups, n_jobs=parallel.workers, backend=parallel.backend, client=client,
             checkpoint=run.folder / "fits" / label, max_iterations=config.max_iterations, progress=True,
             fit_function=accelerated_fit, release=config.release_shape,
         )
@@ -388,16 +402,18 @@ def _expected_significances(datasets, truth, names):
     from gammapy.stats import CashCountsStatistic
 
     best = np.zeros(len(names))
-    for dataset in datasets:
-        dataset.models = truth
-        npred = dataset.npred().data
-        image = dataset.counts.geom.to_image().get_coord().skycoord
-        safe = dataset.mask_safe.data if dataset.mask_safe is not None else np.ones(npred.shape, dtype=bool)
-        for i, name in enumerate(names):
-            mask = safe & (image.separation(truth[name].spatial_model.position) < 0.2 * u.deg)
-            signal = dataset.npred_signal(model_names=[name]).data[mask].sum()
-            background = npred[mask].sum() - signal
-            best[i] = max(best[i], float(CashCountsStatistic(background + signal, background).sqrt_ts))
+    accelerate_models(truth)
+    with accelerated():
+        for dataset in datasets:
+            dataset.models = truth
+            npred = dataset.npred().data
+            image = dataset.counts.geom.to_image().get_coord().skycoord
+            safe = dataset.mask_safe.data if dataset.mask_safe is not None else np.ones(npred.shape, dtype=bool)
+            for i, name in enumerate(names):
+                mask = safe & (image.separation(truth[name].spatial_model.position) < 0.2 * u.deg)
+                signal = dataset.npred_signal(model_names=[name]).data[mask].sum()
+                background = npred[mask].sum() - signal
+                best[i] = max(best[i], float(CashCountsStatistic(background + signal, background).sqrt_ts))
     return best
 
 
@@ -611,7 +627,9 @@ def run_pipeline(config=None, overwrite=False):
             start = time.perf_counter()
             log.info("Stage %s", stage)
             _STAGE_FUNCTIONS[stage](run)
-            state.mark(stage, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            state.mark(stage, seconds)
+            log.info("Stage %s done in %.1f s", stage, seconds)
     finally:
         logging.getLogger("gpsfast").removeHandler(handler)
         handler.close()

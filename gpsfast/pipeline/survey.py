@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import astropy.units as u
+import joblib
 import numpy as np
 import yaml
 from astropy.coordinates import SkyCoord
@@ -109,6 +110,7 @@ def _roi_config(config, roi, folder, survey_path):
         "truth": str(survey_path / "true_models.yaml"),
     }
     data["output"] = str(roi_folder / "pipeline")
+    data["parallel"] = {"backend": "loky", "n_jobs": 1}  # the ROIs are the parallel tasks: no pool inside a ROI
     return PipelineConfig.model_validate(data)
 
 
@@ -177,7 +179,8 @@ def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_ov
     roi_width, roi_overlap : float
         ROI width (its height is ``input.height``) and overlap, in deg.
     n_jobs : int, optional
-        Parallel ROIs; ``parallel.n_jobs`` by default.
+        Parallel ROIs (-1: one per CPU core); ``parallel.n_jobs`` by default. The
+        pipeline of each ROI runs in one process.
 
     Returns
     -------
@@ -198,7 +201,10 @@ def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_ov
     rois.write(folder / "rois.ecsv", overwrite=True)
     survey_path = _survey_datasets(config, folder, rois)
     configs = [_roi_config(config, roi, folder, survey_path) for roi in rois]
-    n_jobs = n_jobs or config.parallel.n_jobs
+    n_jobs = config.parallel.workers if n_jobs is None else int(n_jobs)
+    n_jobs = joblib.cpu_count() if n_jobs == -1 else n_jobs
+    if n_jobs < 1:
+        raise InputError(f"run_survey: n_jobs must be -1 or at least 1, got {n_jobs}")
     _run_all(configs, n_jobs, config.parallel.backend, config.parallel.scheduler)
     counts = _merge(rois, folder)
     write_text_atomic(folder / "survey.json", json.dumps({"rois": counts, "n_sources": sum(counts.values())}, indent=2))
