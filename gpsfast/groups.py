@@ -18,6 +18,7 @@ the cutout; the worker computes their npred template, the expensive part of
 the set-up, so that the parent process stays free to dispatch. It pickles with
 pickle and cloudpickle.
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -550,6 +551,29 @@ def _result(task, start, success=False, stat=float("nan"), n_free=0, attempts=1,
                        time.perf_counter() - start, attempts, message, parameters or {})
 
 
+class _ExpectedOuterSourceWarnings(logging.Filter):
+    """Drops gammapy's warnings about sources outside a cutout: caching their npred there is the intent."""
+
+    MESSAGES = ("outside valid IRF map range", "is outside the target geom but contributes inside")
+    LOGGERS = ("gammapy.irf.core", "gammapy.datasets.evaluator")
+
+    def filter(self, record):
+        return not any(text in record.getMessage() for text in self.MESSAGES)
+
+
+@contextlib.contextmanager
+def _quiet_outer_sources():
+    """`_ExpectedOuterSourceWarnings` on gammapy's loggers inside the block (in whichever process runs it)."""
+    quiet = _ExpectedOuterSourceWarnings()
+    for name in quiet.LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        yield
+    finally:
+        for name in quiet.LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
+
+
 def fit_group_task(task):
     """Fit one group (in a worker): a first attempt, then one retry with safe settings.
 
@@ -558,7 +582,9 @@ def fit_group_task(task):
     retry. Start steps of free positions are cut to `POSITION_STEP`. The retry
     (shape parameters frozen, minuit ``strategy=2``, start values and errors
     restored) follows a fit that raised or did not converge. Exceptions are
-    caught and reported in the result.
+    caught and reported in the result. gammapy's warnings that a source lies
+    outside the cutout's IRF maps or geometry are dropped (the outer sources
+    are there on purpose).
 
     Parameters
     ----------
@@ -568,6 +594,11 @@ def fit_group_task(task):
     -------
     result : `GroupResult`
     """
+    with _quiet_outer_sources():
+        return _fit_task(task)
+
+
+def _fit_task(task):
     start = time.perf_counter()
     try:
         datasets = task.make_datasets()

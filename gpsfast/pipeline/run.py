@@ -254,25 +254,10 @@ def _fit_client(config):
     return Client(config.scheduler)
 
 
-class _ExpectedOuterSourceWarnings(logging.Filter):
-    """Drops gammapy's warnings about sources outside a cutout: caching their npred there is the intent."""
-
-    MESSAGES = ("outside valid IRF map range", "is outside the target geom but contributes inside")
-
-    def filter(self, record):
-        return not any(text in record.getMessage() for text in self.MESSAGES)
-
-
-_OUTER_SOURCE_LOGGERS = ("gammapy.irf.core", "gammapy.datasets.evaluator")
-
-
 def _fit_pass(run, datasets, everything, groups, label):
     """One round of group fits; its results table (``pass`` column added)."""
     config, parallel = run.config.fit, run.config.parallel
     client = _fit_client(parallel)
-    quiet = _ExpectedOuterSourceWarnings()
-    for name in _OUTER_SOURCE_LOGGERS:
-        logging.getLogger(name).addFilter(quiet)
     try:
         table = fit_groups(
             datasets, everything, groups=groups, n_jobs=parallel.workers, backend=parallel.backend, client=client,
@@ -280,8 +265,6 @@ def _fit_pass(run, datasets, everything, groups, label):
             fit_function=accelerated_fit, release=config.release_shape,
         )
     finally:
-        for name in _OUTER_SOURCE_LOGGERS:
-            logging.getLogger(name).removeFilter(quiet)
         if client is not None:
             client.close()
     table["pass"] = label
