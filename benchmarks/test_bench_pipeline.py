@@ -11,8 +11,8 @@
     group on gammapy cutouts with every model present (gammapy at its best without caching). Per-stage times of both
     sides, the measured and extrapolated parts and the end-to-end speed-ups are printed and stored in ``extra_info``.
 
-The gpsfast group fits dominate the run (about 30 min on a loaded 2-core machine); set
-``GPSFAST_BENCH_FIT_2_JOBS=1`` to also time them with 2 workers (as long again).
+The run takes 4-5 min on a quiet 2-core machine, mostly gpsfast's group fits (~80 s) and gammapy's sampled fits;
+set ``GPSFAST_BENCH_FIT_2_JOBS=1`` to also time gpsfast's group fits with 2 workers (~60 s more).
 """
 import os
 

@@ -912,6 +912,21 @@ class _SourceNpred:
         self.unit_scale = None
         self.current_spatial_values = None
         self.components = None
+        self.gammapy_npred = None
+        self.gammapy_block = None
+
+    def stacked_gammapy_npred(self, geom):
+        """The evaluator's own npred stacked on ``geom`` as gammapy's ``Map.stack`` does (float64 array).
+
+        gammapy's evaluator returns the same cached map while the model's parameters do not change:
+        the stacked array is recomputed only when it returns another one.
+        """
+        npred = self.evaluator.compute_npred()
+        if self.gammapy_npred is None or npred is not self.gammapy_npred[0] or geom is not self.gammapy_npred[1]:
+            stacked = Map.from_geom(geom, dtype=float)
+            stacked.stack(npred)
+            self.gammapy_npred, self.gammapy_block = (npred, geom), stacked.data
+        return self.gammapy_block
 
     def _irfs_changed(self, dataset_geom):
         evaluator = self.evaluator
@@ -1129,7 +1144,8 @@ def _signal_blocks(dataset, states, model_names=None):
     gammapy's ``MapDataset.npred_signal(model_names, stack=True)`` before the
     sum: the evaluators are updated as gammapy does (mask image computed once),
     supported sources go through `_SourceNpred`, the others through their
-    gammapy evaluator, stacked together into one full-size block.
+    gammapy evaluator, each stacked into a full-size block (kept while the
+    evaluator's cached npred is unchanged).
 
     Returns
     -------
@@ -1143,7 +1159,6 @@ def _signal_blocks(dataset, states, model_names=None):
         names = [model_names] if isinstance(model_names, str) else list(model_names)
         evaluators = {name: dataset.evaluators[name] for name in names}
     mask_image = None
-    stacked = None
     blocks = []
     for name, evaluator in evaluators.items():
         state = states.get(name)
@@ -1161,11 +1176,8 @@ def _signal_blocks(dataset, states, model_names=None):
             state.supported = _fast_source_supported(evaluator)
             state.components = _components(evaluator.model)
         if not state.supported:
-            if stacked is None:
-                stacked = Map.from_geom(geom, dtype=float)
-                ny, nx = geom.data_shape[-2:]
-                blocks.append((stacked.data, (0, ny, 0, nx, 0, 0)))
-            stacked.stack(evaluator.compute_npred())
+            ny, nx = geom.data_shape[-2:]
+            blocks.append((state.stacked_gammapy_npred(geom), (0, ny, 0, nx, 0, 0)))
             continue
         npred = state.compute(geom)
         if not state.finite:

@@ -4,7 +4,7 @@ import logging
 import astropy.units as u
 import numpy as np
 import scipy.ndimage
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import SkyCoord, angular_separation
 from astropy.table import Table
 from gammapy.estimators import FluxMaps
 from gammapy.estimators.utils import find_peaks
@@ -299,27 +299,28 @@ def _merge(tables, merge_distance):
     rows = [row for table in tables for row in table]
     rows.sort(key=lambda row: -row["sqrt_ts"])
     seeds = []
+    lon, lat, hough = np.zeros(len(rows)), np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
     for row in rows:
-        position = SkyCoord(row["glon"], row["glat"], unit="deg", frame="galactic")
-        match = None
-        for seed in seeds:
-            if (seed["method"] == "hough") != (row["method"] == "hough"):
-                continue
-            limit = 0.3 * seed["radius"] if row["method"] == "hough" else merge_distance
-            if seed["position"].separation(position).deg < limit:
-                match = seed
-                break
-        if match is None:
+        row_lon, row_lat = np.deg2rad(row["glon"]), np.deg2rad(row["glat"])
+        is_hough = row["method"] == "hough"
+        n_seeds = len(seeds)
+        separation = np.rad2deg(angular_separation(lon[:n_seeds], lat[:n_seeds], row_lon, row_lat))
+        limit = 0.3 * np.array([seed["radius"] for seed in seeds]) if is_hough else merge_distance
+        candidates = np.flatnonzero((hough[:n_seeds] == is_hough) & (separation < limit))
+        if len(candidates) == 0:
+            lon[n_seeds], lat[n_seeds], hough[n_seeds] = row_lon, row_lat, is_hough
             seeds.append(
                 {
-                    "position": position,
+                    "position": SkyCoord(row["glon"], row["glat"], unit="deg", frame="galactic"),
                     "radius": row["radius"],
                     "sqrt_ts": row["sqrt_ts"],
                     "method": row["method"],
                     "origin": [row["origin"]],
                 }
             )
-        elif row["origin"] not in match["origin"]:
+            continue
+        match = seeds[candidates[0]]
+        if row["origin"] not in match["origin"]:
             match["origin"].append(row["origin"])
             match["radius"] = max(match["radius"], row["radius"]) if row["method"] == "peak" else match["radius"]
     table = _empty_table()
