@@ -480,6 +480,15 @@ def _stage_validation(run):
     log.info("Validation: %s", report)
 
 
+def _major_log_labels_only(*axes):
+    """No labels on the minor ticks of log axes (over less than a decade matplotlib labels them, overlapping)."""
+    from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
+
+    for axis in axes:
+        axis.set_major_formatter(LogFormatterSciNotation())
+        axis.set_minor_formatter(NullFormatter())
+
+
 def _plot_flux_recovery(run, plt):
     """Catalogue flux (1-100 TeV) of each matched true source above 5 sigma vs the true flux."""
     path = run.folder / "validation_matches.ecsv"
@@ -498,7 +507,8 @@ def _plot_flux_recovery(run, plt):
     ax.set_xlabel("true flux 1-100 TeV (cm-2 s-1)")
     ax.set_ylabel("catalogue flux 1-100 TeV (cm-2 s-1)")
     ax.set_title("recovered vs true flux")
-    fig.savefig(run.folder / "flux_recovery.png", dpi=100)
+    _major_log_labels_only(ax.xaxis, ax.yaxis)
+    fig.savefig(run.folder / "flux_recovery.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -519,7 +529,8 @@ def _plot_completeness(run, plt):
     ax.set_xlabel("true flux 1-100 TeV (cm-2 s-1)")
     ax.set_ylabel("fraction in the catalogue")
     ax.set_title("completeness vs flux")
-    fig.savefig(run.folder / "completeness.png", dpi=100)
+    _major_log_labels_only(ax.xaxis)
+    fig.savefig(run.folder / "completeness.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
