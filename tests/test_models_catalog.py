@@ -22,6 +22,9 @@ from gammapy.modeling.models import (
 
 from gpsfast.errors import InputError
 from gpsfast.models import (
+    FLAG_OTHER_AT_BOUND,
+    FLAG_POSITION_AT_BOUND,
+    FLAG_SIZE_AT_BOUND,
     GammaLibDiskSpatialModel,
     GammaLibEllipticalGaussianSpatialModel,
     GammaLibShellSpatialModel,
@@ -194,6 +197,70 @@ def test_npred_and_ts_per_dataset(tmp_path):
     assert table["TS"][0] == pytest.approx(table["TS_SubTeV"][0] + table["TS_PosTeV"][0])
     # the datasets still hold both models afterwards
     assert datasets["SubTeV"].models.names == ["bright", "faint"]
+    # TS as gammapy's statistic without minus with the source, the source removed from the models
+    for row, name in enumerate(["bright", "faint"]):
+        for dataset in datasets:
+            with_source = dataset.stat_sum()
+            dataset.models = Models([m for m in models if m.name != name])
+            expected = dataset.stat_sum() - with_source
+            dataset.models = models
+            assert table[f"TS_{dataset.name}"][row] == pytest.approx(expected, rel=1e-7)
+
+
+def test_ts_with_masked_pixels_and_a_source_in_one_dataset(tmp_path):
+    source = SkyModel(PowerLawSpectralModel(amplitude="3e-12 cm-2 s-1 TeV-1"),
+                      PointSpatialModel(lon_0="0.2 deg", lat_0="0 deg", frame="galactic"), name="src")
+    other = SkyModel(PowerLawSpectralModel(amplitude="2e-12 cm-2 s-1 TeV-1"),
+                     PointSpatialModel(lon_0="-0.3 deg", lat_0="0 deg", frame="galactic"), name="other",
+                     datasets_names=["PosTeV"])
+    models = Models([source, other])
+    datasets = Datasets([_dataset("SubTeV", np.geomspace(0.05, 1, 4), models),
+                         _dataset("PosTeV", np.geomspace(1, 100, 4), models)])
+    subtev = datasets["SubTeV"]
+    subtev.counts.data = np.random.default_rng(2).poisson(subtev.counts.data).astype(float)
+    subtev.mask_safe.data[:, :, :8] = False  # half the source's pixels and bins out of the mask
+    subtev.mask_safe.data[0] = False
+    table = write_catalog(models, tmp_path / "cat.fits", datasets=datasets)
+    with_source = subtev.stat_sum()
+    subtev.models = Models([other])
+    expected = subtev.stat_sum() - with_source
+    assert table["TS_SubTeV"][0] == pytest.approx(expected, rel=1e-7)
+    assert np.isnan(table["TS_SubTeV"][1]) and np.isnan(table["Npred_SubTeV"][1])
+    assert table["TS_PosTeV"][1] > 0 and table["TS"][1] == pytest.approx(table["TS_PosTeV"][1])
+
+
+def test_flag_marks_free_parameters_at_a_bound(tmp_path):
+    def source(name, lon, frozen=False, error=0.0):
+        model = SkyModel(PowerLawSpectralModel(), PointSpatialModel(lon_0=f"{lon} deg", lat_0="0 deg",
+                                                                   frame="galactic"), name=name)
+        lon_0 = model.spatial_model.lon_0
+        lon_0.min, lon_0.max, lon_0.frozen, lon_0.error = 0.8, 1.2, frozen, error
+        return model
+
+    unresolved = SkyModel(PowerLawSpectralModel(index=5.0), GaussianSpatialModel(sigma="0.015 deg", frame="galactic"),
+                          name="unresolved-steep")
+    unresolved.spatial_model.sigma.min = 0.015
+    unresolved.spectral_model.index.max = 5.0
+    models = Models([source("inside", 1.0), source("at-max", 1.2), source("at-min-frozen", 0.8, frozen=True),
+                     source("near-min", 0.8 + 1e-4, error=0.02), source("close-not-at", 0.8 + 1e-4, error=1e-3),
+                     unresolved])
+    table = write_catalog(models, tmp_path / "cat.fits")
+    expected = [0, FLAG_POSITION_AT_BOUND, 0, FLAG_POSITION_AT_BOUND, 0, FLAG_SIZE_AT_BOUND | FLAG_OTHER_AT_BOUND]
+    assert list(table["Flag"]) == expected
+    assert list(Table.read(tmp_path / "cat.fits", hdu="CATALOG")["Flag"]) == [0, 1, 0, 1, 0, 6]
+
+
+def test_seed_columns_main_parent_assoc(tmp_path):
+    models = simulated_survey(n=3)
+    names = models.names
+    seeds = Table({"name": [names[0], names[1], "SEED-X"], "parent": ["", names[0], ""],
+                   "nested": [False, True, False], "assoc": ["HESS J1745-290", "", "other"]})
+    table = write_catalog(models, tmp_path / "cat.fits", seeds=seeds)
+    assert list(table["Main"]) == [True, False, True]
+    assert list(table["Parent"]) == ["", names[0], ""]
+    assert list(table["Assoc"]) == ["HESS J1745-290", "", ""]
+    with pytest.raises(InputError, match="lacks the column.*nested"):
+        write_catalog(models, tmp_path / "other.fits", seeds=seeds[["name", "parent", "assoc"]])
 
 
 def test_round_trip_with_files_and_temporal(tmp_path):

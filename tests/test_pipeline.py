@@ -46,6 +46,32 @@ def test_outputs(finished_run):
     assert report["n_true_sources"] >= 1
 
 
+def test_catalogue_ts_and_seed_columns(finished_run):
+    """The catalogue's TS and Npred per dataset, and the seeds' nesting and associations, per source."""
+    import numpy as np
+    from astropy.table import Table
+
+    from gpsfast.detect import SeedCatalog
+
+    folder, _ = finished_run
+    table = Table.read(folder / "catalogue.fits", hdu="CATALOG")
+    seeds = {str(row["name"]): row for row in SeedCatalog.read(folder / "seeds.fits").table}
+    assert {"TS_subtev", "TS_postev", "Npred_subtev", "Npred_postev", "TS", "Npred"} <= set(table.colnames)
+    assert np.all(np.isfinite(table["TS"])) and np.all(table["Npred"] > 0)
+    assert np.allclose(table["TS"], table["TS_subtev"] + table["TS_postev"])
+    # the brightest source is significant
+    assert table["TS"].max() > 25
+    from_seeds = [row for row in table if str(row["Source_Name"]) in seeds]
+    assert from_seeds
+    for row in from_seeds:
+        seed = seeds[str(row["Source_Name"])]
+        assert bool(row["Main"]) == (not bool(seed["nested"]))
+        assert str(row["Assoc"]).strip() == str(seed["assoc"]).strip()
+    # seeds associated with the simulated truth carry the true source's name into the catalogue
+    assert any(str(row["Assoc"]).strip().startswith("SIM-") for row in from_seeds)
+    assert set(np.unique(table["Flag"])) <= set(range(8))
+
+
 def test_group_fits_move_sources_towards_truth(finished_run):
     """The fitted catalogue is closer to the true positions than the initial seed models."""
     import numpy as np

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
+from astropy.table import Table
 from gammapy.modeling.models import Models
 
 from gpsfast.errors import InputError
@@ -77,6 +78,15 @@ def test_survey_merge_and_resume(tmp_path, monkeypatch):
     different_roi = roi_of[:, None] != roi_of[None, :]
     assert not np.any((separation < 0.05) & different_roi), "no duplicate sources at the seams"
     assert (folder / "catalogue.fits").is_file() and (folder / "seeds.fits").is_file()
+    # the merged catalogue keeps each ROI catalogue's rows: TS, associations, flags
+    merged = Table.read(folder / "catalogue.fits", hdu="CATALOG")
+    for row in merged:
+        roi = str(row["ROI"]).strip()
+        own = Table.read(folder / roi / "pipeline" / "catalogue.fits", hdu="CATALOG")
+        source = own[[f"{roi}-{str(n).strip()}" == str(row["Source_Name"]).strip() for n in own["Source_Name"]]]
+        assert len(source) == 1
+        for column in ("TS", "Npred", "Flag", "Assoc", "GLON"):
+            assert source[column][0] == row[column], column
 
 
 def test_survey_needs_simulation(tmp_path):

@@ -43,12 +43,22 @@ from .spectral_table import GammaLibTableSpectralModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
 from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 from .sersic import GeneralizedGaussianSpatialModel, accelerate_models, restore_gammapy_models
-from .catalog import SurveyCatalog, read_catalog, write_catalog
+from .catalog import (
+    FLAG_OTHER_AT_BOUND,
+    FLAG_POSITION_AT_BOUND,
+    FLAG_SIZE_AT_BOUND,
+    SurveyCatalog,
+    read_catalog,
+    write_catalog,
+)
 from .convert import convert
 from .xmlio import SUPPORTED_XML_TYPES, read_xml, read_xml_detailed
 from .xmlwrite import write_xml
 
 __all__ = [
+    "FLAG_POSITION_AT_BOUND",
+    "FLAG_SIZE_AT_BOUND",
+    "FLAG_OTHER_AT_BOUND",
     "GeneralizedGaussianSpatialModel",
     "accelerate_models",
     "restore_gammapy_models",

@@ -3,8 +3,8 @@
 Each row carries the source name, GLON/GLAT and RA/DEC, the model type names,
 spatial size columns, integral fluxes (0.05-1 TeV and 1-100 TeV, with errors
 from the parameter covariance), Npred and TS per dataset when datasets are
-given, nesting / association columns for the detection stage (``Flag``,
-``Main``, ``Parent``, ``Assoc``), and every model parameter as columns
+given, a ``Flag`` bit mask (parameters at a bound, see `write_catalog`), nesting / association columns from
+the detection stage's seeds (``Main``, ``Parent``, ``Assoc``), and every model parameter as columns
 ``<component>_<name>`` with ``_err``, ``_min``, ``_max`` and ``_frozen``.
 The model structure (types, files, nodes) is kept per row in ``Model_Structure``
 (JSON without parameter values), so reading gives back the same models:
@@ -23,12 +23,19 @@ from gammapy.modeling.models import Models, SkyModel
 from ..errors import InputError
 from ..utils import atomic_output
 
-__all__ = ["write_catalog", "read_catalog", "SurveyCatalog", "FLUX_BANDS"]
+__all__ = ["write_catalog", "read_catalog", "SurveyCatalog", "FLUX_BANDS", "FLAG_POSITION_AT_BOUND", "FLAG_SIZE_AT_BOUND",
+           "FLAG_OTHER_AT_BOUND"]
 
 log = logging.getLogger(__name__)
 
 #: Integral-flux bands (TeV) written to the catalogue.
 FLUX_BANDS = ((0.05, 1.0), (1.0, 100.0))
+#: ``Flag`` bits: a free position parameter (``lon_0``, ``lat_0``) at one of its bounds,
+#: a free size parameter (``r_0``, ``sigma``, ``radius``, ``width``) at one of its bounds
+#: (at the lower one: not resolved), any other free parameter at one of its bounds.
+FLAG_POSITION_AT_BOUND, FLAG_SIZE_AT_BOUND, FLAG_OTHER_AT_BOUND = 1, 2, 4
+_POSITION_PARAMETERS = ("lon_0", "lat_0")
+_SIZE_BOUND_PARAMETERS = ("r_0", "sigma", "radius", "width")
 _PAR_KEYS = ("value", "error", "min", "max", "frozen", "unit")
 _SIZE_PARAMETERS = ("r_0", "sigma", "radius", "width", "e", "phi")
 
@@ -93,23 +100,60 @@ def _flux_with_error(model, emin, emax):
     return flux, float(np.sqrt(max(grad @ cov @ grad, 0.0)))
 
 
-def _dataset_stats(model, datasets):
-    """Npred and TS of ``model`` in each dataset (TS: fit statistic without minus with the source)."""
-    npred, ts = {}, {}
+def _dataset_stats(sources, datasets):
+    """Npred and TS (fit statistic without minus with the source) of every source in each dataset.
+
+    Returns
+    -------
+    npred, ts : dict
+        Source name -> {dataset name: value}; NaN where the dataset does not hold the source.
+    """
+    names = [model.name for model in sources]
+    npred = {name: {} for name in names}
+    ts = {name: {} for name in names}
     for dataset in datasets:
-        models = dataset.models
-        if models is None or model.name not in models.names:
-            npred[dataset.name], ts[dataset.name] = np.nan, np.nan
-            continue
-        npred[dataset.name] = float(dataset.npred_signal(model_names=[model.name]).data.sum())
-        with_source = dataset.stat_sum()
-        dataset.models = Models([m for m in models if m.name != model.name])
+        held = set(dataset.models.names) if dataset.models is not None else set()
+        stats = _cash_stats if _cash_map_dataset(dataset) else _stats_by_removal
+        values = stats(dataset, [name for name in names if name in held])
+        for name in names:
+            npred[name][dataset.name], ts[name][dataset.name] = values.get(name, (np.nan, np.nan))
+    return npred, ts
+
+
+def _cash_map_dataset(dataset):
+    return dataset.tag == "MapDataset" and dataset.stat_type == "cash" and dataset.counts is not None
+
+
+def _cash_stats(dataset, names):
+    """Npred and TS from the predicted counts: the statistic with ``npred - npred_source``, one pass per source."""
+    from gammapy.stats import cash
+
+    counts = dataset.counts.data.astype(float)
+    mask = dataset.mask.data if dataset.mask is not None else np.ones(counts.shape, dtype=bool)
+    npred_total = dataset.npred().data.astype(float)
+    with_sources = float(np.sum(cash(counts[mask], npred_total[mask])))
+    out = {}
+    for name in names:
+        npred = dataset.npred_signal(model_names=[name]).data.astype(float)
+        without = float(np.sum(cash(counts[mask], (npred_total - npred)[mask])))
+        out[name] = (float(npred.sum()), without - with_sources)
+    return out
+
+
+def _stats_by_removal(dataset, names):
+    """Npred and TS with the dataset's own statistic, each source removed in turn (any dataset type)."""
+    models = dataset.models
+    with_sources = dataset.stat_sum()
+    out = {}
+    for name in names:
+        npred = float(dataset.npred_signal(model_names=[name]).data.sum())
+        dataset.models = Models([m for m in models if m.name != name])
         try:
             without = dataset.stat_sum()
         finally:
             dataset.models = models
-        ts[dataset.name] = float(without - with_source)
-    return npred, ts
+        out[name] = (npred, float(without - with_sources))
+    return out
 
 
 def _size_columns(model):
@@ -129,8 +173,13 @@ def _tag(component):
     return component.tag[0] if isinstance(component.tag, list) else component.tag
 
 
-def write_catalog(models, path, datasets=None, overwrite=False):
+def write_catalog(models, path, datasets=None, overwrite=False, seeds=None):
     """Write sky models (and fit results) as a survey catalogue FITS table.
+
+    ``Flag`` is a bit mask of free parameters that ended at one of their bounds (within
+    1e-6 relative, or 1% of their error), where the fit wanted a value outside the range:
+    `FLAG_POSITION_AT_BOUND` (1, the source needs a look), `FLAG_SIZE_AT_BOUND` (2; at the
+    lower bound: not resolved), `FLAG_OTHER_AT_BOUND` (4).
 
     Parameters
     ----------
@@ -143,6 +192,10 @@ def write_catalog(models, path, datasets=None, overwrite=False):
         columns for each dataset, and their sums ``Npred`` and ``TS``.
     overwrite : bool
         Replace an existing file.
+    seeds : `~astropy.table.Table`, optional
+        Seed table of the detection stage (`~gpsfast.detect.SeedCatalog` ``table``: ``name``,
+        ``parent``, ``nested``, ``assoc``): a source named after a seed gets its ``Main``
+        (not nested), ``Parent`` and ``Assoc`` (associated known source).
 
     Returns
     -------
@@ -157,7 +210,9 @@ def write_catalog(models, path, datasets=None, overwrite=False):
     if dupes:
         raise InputError(f"write_catalog: duplicate source names: {', '.join(dupes)}")
     par_columns = {}
-    rows = [_source_row(model, datasets, par_columns) for model in sources]
+    stats = _dataset_stats(sources, datasets) if datasets is not None else None
+    detection = _seed_columns(seeds)
+    rows = [_source_row(model, stats, detection, par_columns) for model in sources]
     table = _rows_to_table(rows, par_columns)
     table.meta["EXTNAME"] = "CATALOG"
     table.meta["ORIGIN"] = "gpsfast"
@@ -180,7 +235,53 @@ def _column_for(base, unit, par_columns):
     return column
 
 
-def _source_row(model, datasets, par_columns):
+def _seed_columns(seeds):
+    """Seed name -> ``Main``, ``Parent``, ``Assoc`` columns of the catalogue."""
+    if seeds is None:
+        return {}
+    missing = [c for c in ("name", "parent", "nested", "assoc") if c not in seeds.colnames]
+    if missing:
+        raise InputError(f"write_catalog: the seed table lacks the column(s) {', '.join(missing)}")
+    return {
+        str(row["name"]): {"Main": not bool(row["nested"]), "Parent": _text(row["parent"]), "Assoc": _text(row["assoc"])}
+        for row in seeds
+    }
+
+
+def _text(value):
+    return "" if np.ma.is_masked(value) else str(value).strip()
+
+
+def _at_bound(par):
+    """Whether a free parameter sits at its min or max (within 1e-6 relative, or 1% of its error)."""
+    if par.frozen:
+        return False
+    error = par.error if np.isfinite(par.error) else 0.0
+    for bound in (par.min, par.max):
+        if np.isfinite(bound):
+            distance = abs(par.value - bound)
+            if distance <= 1e-6 * max(abs(par.value), abs(bound)) or distance <= 0.01 * error:
+                return True
+    return False
+
+
+def _flag(model):
+    """The ``Flag`` bits of a source (see `write_catalog`)."""
+    flag = 0
+    for component in (model.spectral_model, model.spatial_model, model.temporal_model):
+        for par in component.parameters if component is not None else []:
+            if not _at_bound(par):
+                continue
+            if component is model.spatial_model and par.name in _POSITION_PARAMETERS:
+                flag |= FLAG_POSITION_AT_BOUND
+            elif component is model.spatial_model and par.name in _SIZE_BOUND_PARAMETERS:
+                flag |= FLAG_SIZE_AT_BOUND
+            else:
+                flag |= FLAG_OTHER_AT_BOUND
+    return flag
+
+
+def _source_row(model, stats, detection, par_columns):
     """One catalogue row; registers the parameter columns (and their units) in ``par_columns``."""
     row = {"Source_Name": model.name}
     spatial = model.spatial_model
@@ -195,8 +296,8 @@ def _source_row(model, datasets, par_columns):
     for emin, emax in FLUX_BANDS:
         key = f"Flux_{emin:g}_{emax:g}TeV".replace(".", "p")
         row[key], row[key + "_err"] = _flux_with_error(model, emin, emax)
-    if datasets is not None:
-        npred, ts = _dataset_stats(model, datasets)
+    if stats is not None:
+        npred, ts = stats[0][model.name], stats[1][model.name]
         for name in npred:
             row[f"Npred_{name}"], row[f"TS_{name}"] = npred[name], ts[name]
         row["Npred"] = float(np.nansum(list(npred.values())))
@@ -213,7 +314,7 @@ def _source_row(model, datasets, par_columns):
         row[column + "_frozen"] = bool(par.frozen)
         row[column + "_unit"] = str(par.unit)
     row["Model_Structure"] = json.dumps(structure)
-    row.update(Flag=0, Main=True, Parent="", Assoc="")
+    row.update(Flag=_flag(model), **detection.get(model.name, {"Main": True, "Parent": "", "Assoc": ""}))
     return row
 
 

@@ -359,10 +359,20 @@ def _stage_fit(run):
 def _stage_catalogue(run):
     models = run.models("fitted_models.yaml")
     if len(models):
-        write_catalog(models, run.folder / "catalogue.fits", overwrite=True)
+        _write_catalogue(run, models)
         write_xml(models, run.folder / "models.xml", overwrite=True)
         write_text_atomic(run.folder / "catalogue.reg", _ds9_regions(models))
     write_text_atomic(run.folder / "models.yaml", models.to_yaml())
+
+
+def _write_catalogue(run, models):
+    """``catalogue.fits``: the fitted models with Npred and TS per dataset, and the seeds' nesting and associations."""
+    evaluated = models.copy()
+    accelerate_models(evaluated)
+    datasets = _with_models(run.datasets(), evaluated)
+    with accelerated():
+        return write_catalog(models, run.folder / "catalogue.fits", datasets=datasets, seeds=run.seeds().table,
+                             overwrite=True)
 
 
 def _ds9_regions(models):

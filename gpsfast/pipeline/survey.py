@@ -19,9 +19,9 @@ from astropy.table import Table, vstack
 from gammapy.modeling.models import Models
 
 from ..errors import InputError
-from ..models import read_catalog, write_catalog, write_xml
+from ..models import read_catalog, write_xml
 from ..simulate import make_survey, read_survey, write_survey
-from ..utils import write_text_atomic
+from ..utils import atomic_output, write_text_atomic
 from .config import PipelineConfig
 from .run import run_pipeline
 
@@ -136,28 +136,48 @@ def _run_all(configs, n_jobs, backend, scheduler):
     return Parallel(n_jobs=n_jobs, backend="loky")(delayed(_run_roi)(c) for c in configs)
 
 
-def _core_sources(roi, pipeline_folder):
+def _core_rows(roi, pipeline_folder):
+    """The ROI catalogue's rows of the sources in its core, names prefixed with the ROI's (``Parent`` too)."""
     path = pipeline_folder / "catalogue.fits"
     if not path.is_file():
-        return Models([])
-    kept = []
-    for model in read_catalog(path):
-        lon = model.spatial_model.position.galactic.l.wrap_at("180d").deg
-        if roi["core_min"] <= lon < roi["core_max"]:
-            model = model.copy(name=f"{roi['name']}-{model.name}")
-            kept.append(model)
-    return Models(kept)
+        return None
+    table = Table.read(path, hdu="CATALOG", mask_invalid=False)
+    lon = np.asarray(table["GLON"], dtype=float)
+    lon = (lon + 180.0) % 360.0 - 180.0
+    table = table[(roi["core_min"] <= lon) & (lon < roi["core_max"])]
+    prefix = f"{roi['name']}-"
+    table["Source_Name"] = [prefix + str(name).strip() for name in table["Source_Name"]]
+    table["Parent"] = [prefix + str(name).strip() if str(name).strip() else "" for name in table["Parent"]]
+    table["ROI"] = np.full(len(table), str(roi["name"]))
+    return table
+
+
+def _filled(table):
+    """Masked cells of an outer join (parameter columns of model types an ROI does not hold) filled for FITS."""
+    for name in table.colnames:
+        column = table[name]
+        if getattr(column, "mask", None) is None or not np.any(column.mask):
+            continue
+        kind = column.dtype.kind
+        fill = np.nan if kind == "f" else "" if kind in "US" else False if kind == "b" else 0
+        table[name] = column.filled(fill)
+    return table
 
 
 def _merge(rois, folder):
-    merged, counts = [], {}
+    parts, counts = [], {}
     for roi in rois:
-        sources = _core_sources(roi, folder / str(roi["name"]) / "pipeline")
-        counts[str(roi["name"])] = len(sources)
-        merged.extend(sources)
-    models = Models(merged)
-    if len(models):
-        write_catalog(models, folder / "catalogue.fits", overwrite=True)
+        rows = _core_rows(roi, folder / str(roi["name"]) / "pipeline")
+        counts[str(roi["name"])] = 0 if rows is None else len(rows)
+        if rows is not None and len(rows):
+            parts.append(rows)
+    models = Models([])
+    if parts:
+        table = _filled(vstack(parts, join_type="outer", metadata_conflicts="silent"))
+        table.meta.update(EXTNAME="CATALOG", ORIGIN="gpsfast")
+        with atomic_output(folder / "catalogue.fits", overwrite=True) as tmp:
+            table.write(tmp, format="fits")
+        models = read_catalog(folder / "catalogue.fits")
         write_xml(models, folder / "models.xml", overwrite=True)
     write_text_atomic(folder / "models.yaml", models.to_yaml())
     seeds = [Table.read(folder / str(r["name"]) / "pipeline" / "seeds.fits") for r in rois]
