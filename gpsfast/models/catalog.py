@@ -3,8 +3,9 @@
 Each row carries the source name, GLON/GLAT and RA/DEC, the model type names,
 spatial size columns, integral fluxes (0.05-1 TeV and 1-100 TeV, with errors
 from the parameter covariance), Npred and TS per dataset when datasets are
-given, a ``Flag`` bit mask (parameters at a bound, see `write_catalog`), nesting / association columns from
-the detection stage's seeds (``Main``, ``Parent``, ``Assoc``), and every model parameter as columns
+given, a ``Flag`` bit mask (parameters at a bound, see `write_catalog`),
+nesting / association columns from the detection stage's seeds (``Main``,
+``Parent``, ``Assoc``), and every model parameter as columns
 ``<component>_<name>`` with ``_err``, ``_min``, ``_max`` and ``_frozen``.
 The model structure (types, files, nodes) is kept per row in ``Model_Structure``
 (JSON without parameter values), so reading gives back the same models:
@@ -23,8 +24,15 @@ from gammapy.modeling.models import Models, SkyModel
 from ..errors import InputError
 from ..utils import atomic_output
 
-__all__ = ["write_catalog", "read_catalog", "SurveyCatalog", "FLUX_BANDS", "FLAG_POSITION_AT_BOUND", "FLAG_SIZE_AT_BOUND",
-           "FLAG_OTHER_AT_BOUND"]
+__all__ = [
+    "write_catalog",
+    "read_catalog",
+    "SurveyCatalog",
+    "FLUX_BANDS",
+    "FLAG_POSITION_AT_BOUND",
+    "FLAG_SIZE_AT_BOUND",
+    "FLAG_OTHER_AT_BOUND",
+]
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +251,11 @@ def _seed_columns(seeds):
     if missing:
         raise InputError(f"write_catalog: the seed table lacks the column(s) {', '.join(missing)}")
     return {
-        str(row["name"]): {"Main": not bool(row["nested"]), "Parent": _text(row["parent"]), "Assoc": _text(row["assoc"])}
+        str(row["name"]): {
+            "Main": not bool(row["nested"]),
+            "Parent": _text(row["parent"]),
+            "Assoc": _text(row["assoc"]),
+        }
         for row in seeds
     }
 
