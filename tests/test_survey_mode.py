@@ -93,3 +93,20 @@ def test_survey_needs_simulation(tmp_path):
     config = PipelineConfig(input={"kind": "files", "datasets": ["x.fits"]}, output=tmp_path / "s")
     with pytest.raises(InputError, match="input.kind must be 'simulate'"):
         run_survey(config)
+
+
+def test_survey_on_a_dask_cluster_matches_loky(tmp_path):
+    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    config = strip_config(tmp_path / "loky")
+    with_dask = config.model_copy(update={"output": tmp_path / "dask" / "survey",
+                                          "parallel": config.parallel.model_copy(update={"backend": "dask"})})
+    tables = []
+    for run_config, n_jobs in ((config, 1), (with_dask, 2)):
+        folder = run_survey(run_config, roi_width=2.5, roi_overlap=0.5, n_jobs=n_jobs)
+        table = Table.read(folder / "catalogue.fits", hdu="CATALOG")
+        table.sort("Source_Name")
+        tables.append(table)
+    loky, dask = tables
+    assert len(loky) > 0 and list(loky["Source_Name"]) == list(dask["Source_Name"])
+    for column in ("GLON", "GLAT", "TS", "Flux_1_100TeV"):
+        np.testing.assert_allclose(dask[column], loky[column], rtol=1e-9, err_msg=column)
