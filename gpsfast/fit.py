@@ -912,21 +912,6 @@ class _SourceNpred:
         self.unit_scale = None
         self.current_spatial_values = None
         self.components = None
-        self.gammapy_npred = None
-        self.gammapy_block = None
-
-    def stacked_gammapy_npred(self, geom):
-        """The evaluator's own npred stacked on ``geom`` as gammapy's ``Map.stack`` does (float64 array).
-
-        gammapy's evaluator returns the same cached map while the model's parameters do not change:
-        the stacked array is recomputed only when it returns another one.
-        """
-        npred = self.evaluator.compute_npred()
-        if self.gammapy_npred is None or npred is not self.gammapy_npred[0] or geom is not self.gammapy_npred[1]:
-            stacked = Map.from_geom(geom, dtype=float)
-            stacked.stack(npred)
-            self.gammapy_npred, self.gammapy_block = (npred, geom), stacked.data
-        return self.gammapy_block
 
     def _irfs_changed(self, dataset_geom):
         evaluator = self.evaluator
@@ -1144,8 +1129,8 @@ def _signal_blocks(dataset, states, model_names=None):
     gammapy's ``MapDataset.npred_signal(model_names, stack=True)`` before the
     sum: the evaluators are updated as gammapy does (mask image computed once),
     supported sources go through `_SourceNpred`, the others through their
-    gammapy evaluator, each stacked into a full-size block (kept while the
-    evaluator's cached npred is unchanged).
+    gammapy evaluator, stacked together into one full-size block (kept, for all
+    models, while the evaluators' cached npred maps are unchanged).
 
     Returns
     -------
@@ -1159,7 +1144,7 @@ def _signal_blocks(dataset, states, model_names=None):
         names = [model_names] if isinstance(model_names, str) else list(model_names)
         evaluators = {name: dataset.evaluators[name] for name in names}
     mask_image = None
-    blocks = []
+    blocks, by_gammapy = [], []
     for name, evaluator in evaluators.items():
         state = states.get(name)
         if state is None or state.evaluator is not evaluator:
@@ -1176,15 +1161,44 @@ def _signal_blocks(dataset, states, model_names=None):
             state.supported = _fast_source_supported(evaluator)
             state.components = _components(evaluator.model)
         if not state.supported:
-            ny, nx = geom.data_shape[-2:]
-            blocks.append((state.stacked_gammapy_npred(geom), (0, ny, 0, nx, 0, 0)))
+            by_gammapy.append(evaluator.compute_npred())
             continue
         npred = state.compute(geom)
         if not state.finite:
             # gammapy's Map.stack sets non-finite values to zero
             npred = np.where(np.isfinite(npred), npred, 0.0)
         blocks.append((npred, state.box))
+    if by_gammapy:
+        ny, nx = geom.data_shape[-2:]
+        blocks.append((_stacked_by_gammapy(by_gammapy, geom, states if model_names is None else None),
+                       (0, ny, 0, nx, 0, 0)))
     return blocks
+
+
+_GAMMAPY_KEY = "\0gammapy-evaluated"
+
+
+def _stacked_by_gammapy(npred_maps, geom, states=None):
+    """The npred maps of gammapy's evaluators stacked on ``geom`` as ``Map.stack`` does (one float64 array).
+
+    gammapy's evaluators return the same cached map while their model's parameters
+    do not change: with ``states`` (the all-models path of the likelihood), the
+    stacked array is kept and recomputed only when one of the maps is another one.
+    """
+    cached = states.get(_GAMMAPY_KEY) if states is not None else None
+    if (
+        cached is not None
+        and cached[1] is geom
+        and len(cached[0]) == len(npred_maps)
+        and all(a is b for a, b in zip(cached[0], npred_maps))
+    ):
+        return cached[2]
+    stacked = Map.from_geom(geom, dtype=float)
+    for npred in npred_maps:
+        stacked.stack(npred)
+    if states is not None:
+        states[_GAMMAPY_KEY] = (tuple(npred_maps), geom, stacked.data)
+    return stacked.data
 
 
 def _signal_array(dataset, states, model_names=None):

@@ -286,3 +286,32 @@ def test_fast_datasets_stat_sum_with_priors(base_dataset):
     linked.alpha = alpha
     assert fast.stat_sum() == pytest.approx(datasets.stat_sum(), rel=1e-7)
     assert fast.stat_sum() != pytest.approx(desired, rel=1e-9)
+
+
+def test_models_evaluated_by_gammapy_share_one_cached_block(base_dataset):
+    """The template and the ExpCutoff source (gammapy's evaluators): one full-size block, kept while unchanged."""
+    from gpsfast.fit import _GAMMAPY_KEY, _signal_blocks
+
+    _, fast = make_pair(base_dataset, with_template=True)
+    states = fast._fast_states()
+
+    def gammapy_block():
+        blocks = _signal_blocks(fast, states)
+        maps, _, stacked = states[_GAMMAPY_KEY]
+        assert len(maps) == 2, "the template and the cutoff source, stacked together"
+        assert blocks[-1][0] is stacked and sum(values is stacked for values, _ in blocks) == 1
+        return stacked
+
+    def desired():
+        total = Map.from_geom(fast.counts.geom, dtype=float)
+        total.stack(fast.models["template"].evaluate())
+        total.stack(fast.evaluators["cutoff"].compute_npred())
+        return total.data
+
+    first = gammapy_block()
+    assert gammapy_block() is first, "nothing changed: the stacked block is reused"
+    assert_allclose(first, desired(), rtol=1e-6)
+    fast.models["template"].spectral_model.norm.value = 1.5
+    changed = gammapy_block()
+    assert changed is not first
+    assert_allclose(changed, desired(), rtol=1e-6)
