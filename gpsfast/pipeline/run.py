@@ -1,12 +1,14 @@
 """The survey pipeline: datasets -> significance maps -> seeds -> association -> spectra -> seed models
 -> group fits -> catalogue -> residual maps -> validation -> plots.
 
-Each stage writes its outputs into the output folder and records itself in
-``state.json`` with a hash of the configuration. A re-run with the same
-configuration resumes after the last finished stage; an output folder holding a
-run made with another configuration is refused (never silently mixed).
+Each stage writes its outputs (atomically) into the output folder and records
+itself in ``state.json``, which holds the result-relevant configuration and a
+digest of every input file. A re-run with the same configuration and inputs
+resumes after the last finished stage; an output folder holding a run made with
+another configuration or other inputs is refused (never silently mixed) unless
+``overwrite``, which first deletes every output of the old run. A run holds an
+exclusive lock on its output folder (`gpsfast.utils.folder_lock`).
 """
-import hashlib
 import json
 import logging
 import time
@@ -18,7 +20,7 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table, vstack
-from gammapy.datasets import Datasets, MapDataset
+from gammapy.datasets import Datasets
 from gammapy.estimators import FluxMaps
 from gammapy.maps import Map
 from gammapy.modeling.models import Models
@@ -27,20 +29,22 @@ from ..accelerate import accelerated
 from ..detect import SeedCatalog, associate, find_seeds, significance_maps
 from ..errors import InputError
 from ..groups import fit_groups, make_groups
-from ..models import accelerate_models, read_catalog, read_xml, write_catalog, write_xml
+from ..models import accelerate_models, write_catalog, write_xml
 from ..simulate import make_survey, read_survey, sources_table, write_survey
 from ..spectra import IndexMapEstimator, extract_spectra_table
-from ..utils import check_writable_dir, write_text_atomic
+from ..utils import atomic_output, check_writable_dir, folder_lock, write_atomic, write_text_atomic
 from .config import PipelineConfig
+from .folder import RunState, file_digest, remove_outputs, settings_key
+from .inputs import check_dataset, read_dataset, read_models_file
 from .modelling import (
-    accelerated_fit,
+    PoolFit,
     match_catalogue,
     seed_amplitude,
     seed_models,
     select_seeds,
 )
 
-__all__ = ["run_pipeline", "STAGES"]
+__all__ = ["run_pipeline", "STAGES", "OUTPUTS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +54,54 @@ STAGES = (
 )
 
 
-class _State:
-    """``state.json`` of an output folder: the configuration hash, the finished stages and their wall times (s)."""
-
-    def __init__(self, folder, config_hash):
-        self.path = folder / "state.json"
-        self.config_hash = config_hash
-        self.done = []
-        self.seconds = {}
-        if self.path.is_file():
-            state = json.loads(self.path.read_text())
-            if state.get("config_hash") != config_hash:
-                raise InputError(
-                    f"Output folder {folder} holds a run made with another configuration; "
-                    "use another output folder or --overwrite"
-                )
-            self.done = state.get("done", [])
-            self.seconds = state.get("seconds", {})
-
-    def mark(self, stage, seconds):
-        self.done.append(stage)
-        self.seconds[stage] = round(seconds, 3)
-        state = {"config_hash": self.config_hash, "done": self.done, "seconds": self.seconds}
-        write_text_atomic(self.path, json.dumps(state, indent=1))
-
+OUTPUTS = (
+    "state.json", "config.yaml", "run.log", "datasets", "maps", "fits", "seeds.fits", "seeds.reg",
+    "associations_*.ecsv", "seed_spectra_*.fits", "initial_models.yaml", "fitted_models.yaml", "fit_results.ecsv",
+    "catalogue.fits", "catalogue.reg", "models.yaml", "models.xml", "validation.json", "validation_*.ecsv",
+    "significance_*.png", "residual_*.png", "flux_recovery.png", "completeness.png",
+)
+"""What a run writes into its output folder (globs): all of it, and only it, goes with ``overwrite``."""
 
 RESULT_NEUTRAL = ("parallel", "output")
 """Configuration sections that do not change the results: a run may resume with other values."""
 
 
-def _config_hash(config):
-    settings = config.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+def _settings(config):
+    """The result-relevant configuration (JSON values)."""
+    return config.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
+
+
+def _input_files(config):
+    """Configuration key -> input file, for every input file of the configuration."""
+    files = {}
+    if config.input.kind == "files":
+        files.update({f"input.datasets[{i}]": path for i, path in enumerate(config.input.datasets)})
+        files["input.truth"] = config.input.truth
+    else:
+        files["input.irf"] = config.input.irf
+    files["association.known_sources"] = config.association.known_sources
+    return {key: Path(path) for key, path in files.items() if path is not None}
+
+
+def _input_digests(config):
+    """Input file -> content digest; `InputError` naming the key of a missing file."""
+    digests = {}
+    for key, path in _input_files(config).items():
+        if not path.is_file():
+            what = "Dataset file" if key.startswith("input.datasets") else "Input file"
+            raise InputError(f"{what} not found: {path} ({key})")
+        digests[str(path)] = file_digest(path)
+    return digests
 
 
 class _Run:
     """The data a run passes between stages, read back from the output folder when resuming."""
 
-    def __init__(self, config, folder):
+    def __init__(self, config, folder, key=""):
         self.config = config
         self.folder = folder
         self.maps_folder = folder / "maps"
+        self.key = key
 
     @property
     def datasets_folder(self):
@@ -104,7 +115,7 @@ class _Run:
         if self.config.input.kind == "simulate":
             return Models.read(self.datasets_folder / "true_models.yaml")
         if self.config.input.truth is not None:
-            return Models.read(self.config.input.truth)
+            return read_models_file(self.config.input.truth, "input.truth")
         return None
 
     def map_labels(self):
@@ -131,14 +142,14 @@ def _stage_datasets(run):
             width=config.width * u.deg, height=config.height * u.deg, center=center, seed=config.seed,
             irf=config.irf, progress=True,
         )
+        for dataset in datasets:
+            check_dataset(dataset, f"{dataset.name} (simulated)", run.config.significance.radii)
         write_survey(run.datasets_folder, datasets, models, meta={"input": config.model_dump(mode="json")},
                      overwrite=True)
     else:
-        datasets = Datasets()
-        for path in config.datasets:
-            if not Path(path).is_file():
-                raise InputError(f"Dataset file not found: {path} (input.datasets)")
-            datasets.append(MapDataset.read(path, name=Path(path).name.split(".")[0]))
+        datasets = Datasets([read_dataset(path, run.config.significance.radii) for path in config.datasets])
+        if len(set(datasets.names)) < len(datasets):
+            raise InputError(f"input.datasets: two files give the same dataset name ({datasets.names}): rename one")
         write_survey(run.datasets_folder, datasets, Models([]), overwrite=True)
     write_text_atomic(run.datasets_folder / "names.json", json.dumps(datasets.names))
 
@@ -152,7 +163,7 @@ def _background_only(dataset):
 def _stage_significance(run):
     run.maps_folder.mkdir(exist_ok=True)
     for label, maps in significance_maps(run.datasets(), run.config.significance.radii).items():
-        maps.write(run.maps_folder / f"significance_{label}.fits", overwrite=True)
+        write_atomic(maps, run.maps_folder / f"significance_{label}.fits", overwrite=True)
 
 
 def _stage_seeds(run):
@@ -161,22 +172,18 @@ def _stage_seeds(run):
         run.significance_maps(), threshold=config.threshold, min_distance=f"{config.min_distance} deg",
         hough=config.hough, hough_threshold=config.hough_threshold,
     )
-    seeds.write(run.folder / "seeds.fits", overwrite=True)
+    write_atomic(seeds, run.folder / "seeds.fits", overwrite=True)
     if len(seeds):
-        seeds.write_regions(run.folder / "seeds.reg", overwrite=True)
-    log.info("%d seeds", len(seeds))
+        _write_regions(seeds, run.folder / "seeds.reg")
+        log.info("%d seeds", len(seeds))
+    else:
+        log.warning("No seed above sqrt_ts %g in the significance maps of %s: no source will be found",
+                    config.threshold, ", ".join(run.dataset_names()))
 
 
-def _read_known(path):
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Known-source file not found: {path} (association.known_sources)")
-    suffix = "".join(path.suffixes).lower()
-    if suffix.endswith(".xml"):
-        return read_xml(path)
-    if suffix.endswith((".fits", ".fits.gz")):
-        return read_catalog(path)
-    return Models.read(path)
+def _write_regions(seeds, path):
+    with atomic_output(path, overwrite=True) as tmp:
+        seeds.write_regions(tmp, overwrite=True)
 
 
 def _stage_association(run):
@@ -184,13 +191,15 @@ def _stage_association(run):
     seeds = run.seeds()
     references = {"truth": run.truth()}
     if config.known_sources is not None:
-        references["known"] = _read_known(config.known_sources)
+        references["known"] = read_models_file(config.known_sources, "association.known_sources")
+    # the catalogue's Assoc column: the known source of a seed, or its true source, or "" (no reference given)
+    seeds.table["assoc"] = np.full(len(seeds.table), "", dtype="U64")
     for label, models in references.items():
         if models is None:
             continue
         pairs = associate(seeds, models, threshold=config.overlap_threshold, min_radius=f"{config.min_radius} deg")
-        pairs.write(run.folder / f"associations_{label}.ecsv", overwrite=True)
-    seeds.write(run.folder / "seeds.fits", overwrite=True)
+        write_atomic(pairs, run.folder / f"associations_{label}.ecsv", overwrite=True)
+    write_atomic(seeds, run.folder / "seeds.fits", overwrite=True)
 
 
 def _stage_spectra(run):
@@ -211,9 +220,9 @@ def _stage_spectra(run):
             with warnings.catch_warnings():
                 # the long meta keys (energy_edges, energy_true_edges) become HIERARCH cards: valid, read back as written
                 warnings.filterwarnings("ignore", category=VerifyWarning, message="Keyword name")
-                spectra.write(run.folder / f"seed_spectra_{dataset.name}.fits", overwrite=True)
+                write_atomic(spectra, run.folder / f"seed_spectra_{dataset.name}.fits", overwrite=True)
         index = IndexMapEstimator(correlation_radius=f"{run.config.spectra.index_radius} deg").run(dataset)
-        index.write(run.maps_folder / f"index_{dataset.name}.fits", overwrite=True)
+        write_atomic(index, run.maps_folder / f"index_{dataset.name}.fits", overwrite=True)
 
 
 def _inside_map(dataset, regions):
@@ -254,19 +263,20 @@ def _fit_client(config):
     return Client(config.scheduler)
 
 
-def _fit_pass(run, datasets, everything, groups, label):
-    """One round of group fits; its results table (``pass`` column added)."""
+def _fit_pass(run, datasets, everything, groups, checkpoint):
+    """One round of group fits, checkpointed in ``checkpoint`` (its name: the pass label); its results table."""
     config, parallel = run.config.fit, run.config.parallel
     client = _fit_client(parallel)
     try:
         table = fit_groups(
             datasets, everything, groups=groups, n_jobs=parallel.workers, backend=parallel.backend, client=client,
-            checkpoint=run.folder / "fits" / label, max_iterations=config.max_iterations, progress=True,
-            fit_function=accelerated_fit, release=config.release_shape,
+            checkpoint=checkpoint, max_iterations=config.max_iterations,
+            progress=True, fit_function=PoolFit(), release=config.release_shape,
         )
     finally:
         if client is not None:
             client.close()
+    label = checkpoint.name
     table["pass"] = label
     failed = int(np.sum(~table["success"]))
     if failed:
@@ -337,11 +347,15 @@ def _stage_fit(run):
     if not config.enabled or not len(models):
         write_text_atomic(run.folder / "fitted_models.yaml", models.to_yaml())
         return
+    # group-fit checkpoints live under a key of everything they depend on: never reused for another run
+    datasets_digests = sorted(file_digest(path) for path in run.datasets_folder.glob("*.fits"))
+    checkpoints = run.folder / "fits" / settings_key(run.key, file_digest(run.folder / "initial_models.yaml"),
+                                                     datasets_digests)
     datasets = run.datasets()
     backgrounds = [m for d in datasets for m in (d.models or []) if m.name == f"{d.name}-bkg"]
     everything = Models([*models, *backgrounds])
     accelerate_models(everything)
-    tables = [_fit_pass(run, datasets, everything, _groups(run, everything), "pass-0")]
+    tables = [_fit_pass(run, datasets, everything, _groups(run, everything), checkpoints / "pass-0")]
     sources = list(models.names)
     for index in range(1, config.residual_passes + 1):
         new = _residual_seed_models(run, datasets, Models([everything[name] for name in sources]), index)
@@ -351,8 +365,8 @@ def _stage_fit(run):
         everything = Models([*[everything[name] for name in sources], *new, *backgrounds])
         sources += list(new.names)
         groups = [g for g in _groups(run, everything) if set(g.names) & set(new.names)]
-        tables.append(_fit_pass(run, datasets, everything, groups, f"pass-{index}"))
-    vstack(tables).write(run.folder / "fit_results.ecsv", overwrite=True)
+        tables.append(_fit_pass(run, datasets, everything, groups, checkpoints / f"pass-{index}"))
+    write_atomic(vstack(tables), run.folder / "fit_results.ecsv", overwrite=True)
     write_text_atomic(run.folder / "fitted_models.yaml", Models([everything[name] for name in sources]).to_yaml())
 
 
@@ -362,6 +376,11 @@ def _stage_catalogue(run):
         _write_catalogue(run, models)
         write_xml(models, run.folder / "models.xml", overwrite=True)
         write_text_atomic(run.folder / "catalogue.reg", _ds9_regions(models))
+    else:
+        for name in ("catalogue.fits", "models.xml", "catalogue.reg"):
+            (run.folder / name).unlink(missing_ok=True)
+        log.warning("No source found: the catalogue is empty (models.yaml holds no source; no catalogue.fits, "
+                    "models.xml or catalogue.reg written)")
     write_text_atomic(run.folder / "models.yaml", models.to_yaml())
 
 
@@ -387,7 +406,7 @@ def _ds9_regions(models):
 def _stage_residual(run):
     """Residual significance maps: every dataset with its background and the catalogue's models."""
     for label, flux_maps in _residual_maps(run, run.datasets(), run.models("models.yaml")).items():
-        flux_maps.write(run.maps_folder / f"residual_{label}.fits", overwrite=True)
+        write_atomic(flux_maps, run.maps_folder / f"residual_{label}.fits", overwrite=True)
 
 
 def _expected_significances(datasets, truth, names):
@@ -410,12 +429,16 @@ def _expected_significances(datasets, truth, names):
     return best
 
 
-def _false_rate(seeds, datasets):
+def _false_seeds(seeds, pairs):
+    """Number of seeds without a true source: seed names absent from the truth associations ``pairs``."""
+    associated = {str(name).strip() for name in pairs["seed"]}
+    return sum(str(name).strip() not in associated for name in seeds.table["name"])
+
+
+def _false_rate(n_false, datasets):
     """Seeds without a true source per square degree of the largest dataset map."""
-    if "assoc" not in seeds.table.colnames:
-        return None
     area = max(float(np.sum(d.counts.geom.to_image().solid_angle().to_value("deg2"))) for d in datasets)
-    return float(np.sum(seeds.table["assoc"] == "")) / area
+    return n_false / area
 
 
 def _flux(model, energy=(1 * u.TeV, 100 * u.TeV)):
@@ -472,8 +495,9 @@ def _stage_validation(run):
     seeds = run.seeds()
     best = seed_pairs[seed_pairs["rank_source"] == 1]
     catalogue, pairs = _catalogue_report(truth, run.models("models.yaml"), table, bright)
-    pairs.write(run.folder / "validation_matches.ecsv", overwrite=True)
-    table.write(run.folder / "validation_sources.ecsv", overwrite=True)
+    write_atomic(pairs, run.folder / "validation_matches.ecsv", overwrite=True)
+    write_atomic(table, run.folder / "validation_sources.ecsv", overwrite=True)
+    n_false = _false_seeds(seeds, seed_pairs)
     report = {
         "n_true_sources": len(table),
         "n_true_above_5_sigma": int(bright.sum()),
@@ -481,8 +505,8 @@ def _stage_validation(run):
         "seeds": {
             "n_seeds": len(seeds),
             "completeness_above_5_sigma": float(np.mean(table["detected"][bright])) if bright.any() else None,
-            "false_seeds": int(np.sum(seeds.table["assoc"] == "")) if "assoc" in seeds.table.colnames else None,
-            "false_seeds_per_deg2": _false_rate(seeds, datasets),
+            "false_seeds": n_false,
+            "false_seeds_per_deg2": _false_rate(n_false, datasets),
             "median_position_offset_deg": float(np.median(best["separation"])) if len(best) else None,
         },
     }
@@ -518,7 +542,7 @@ def _plot_flux_recovery(run, plt):
     ax.set_ylabel("catalogue flux 1-100 TeV (cm-2 s-1)")
     ax.set_title("recovered vs true flux")
     _major_log_labels_only(ax.xaxis, ax.yaxis)
-    fig.savefig(run.folder / "flux_recovery.png", dpi=100, bbox_inches="tight")
+    _savefig(fig, run.folder / "flux_recovery.png", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -540,8 +564,13 @@ def _plot_completeness(run, plt):
     ax.set_ylabel("fraction in the catalogue")
     ax.set_title("completeness vs flux")
     _major_log_labels_only(ax.xaxis)
-    fig.savefig(run.folder / "completeness.png", dpi=100, bbox_inches="tight")
+    _savefig(fig, run.folder / "completeness.png", bbox_inches="tight")
     plt.close(fig)
+
+
+def _savefig(fig, path, **kwargs):
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, **kwargs)
 
 
 def _plot_sources(ax, models):
@@ -566,14 +595,14 @@ def _stage_plots(run):
         seeds.plot(maps["sqrt_ts"], ax=ax, vmin=-3, vmax=10)
         _plot_sources(ax, models)
         ax.set_title(f"sqrt_ts {label}: {len(seeds)} seeds (circles), {len(models)} fitted sources (+)")
-        fig.savefig(run.folder / f"significance_{label}.png", dpi=100)
+        _savefig(fig, run.folder / f"significance_{label}.png")
         plt.close(fig)
         residual = FluxMaps.read(run.maps_folder / f"residual_{label}.fits")["sqrt_ts"]
         fig = plt.figure(figsize=(10, 5))
         ax = fig.add_subplot(projection=residual.geom.to_image().wcs)
         residual.plot(ax=ax, add_cbar=True, vmin=-5, vmax=5, cmap="RdBu_r")
         ax.set_title(f"residual sqrt_ts {label} (catalogue models subtracted)")
-        fig.savefig(run.folder / f"residual_{label}.png", dpi=100)
+        _savefig(fig, run.folder / f"residual_{label}.png")
         plt.close(fig)
 
 
@@ -593,36 +622,54 @@ _STAGE_FUNCTIONS = {
 
 
 def run_pipeline(config=None, overwrite=False):
-    """Run the survey pipeline, resuming an interrupted run of the same configuration.
+    """Run the survey pipeline, resuming an interrupted run of the same configuration and inputs.
+
+    The run holds an exclusive lock on its output folder: a second run there fails
+    at once (`~gpsfast.errors.FolderInUseError`, naming the holder). The folder's
+    ``state.json`` records the result-relevant configuration and a digest of each
+    input file; a run with other values is refused unless ``overwrite``.
 
     Parameters
     ----------
     config : `PipelineConfig`, optional
         Configuration; the embedded demo (a simulated 10 x 6 deg patch) by default.
     overwrite : bool
-        Start again in an output folder that holds another run.
+        Start again in an output folder that holds another run: every output of
+        that run (`OUTPUTS`, and nothing else) is deleted first.
 
     Returns
     -------
     folder : `~pathlib.Path`
         The output folder: ``datasets/``, ``maps/`` (significance and index maps),
         ``seeds.fits``, ``seeds.reg``, ``associations_*.ecsv``, ``seed_spectra_*.fits``,
-        ``initial_models.yaml``, ``fits/`` (group-fit checkpoints), ``fit_results.ecsv``,
+        ``initial_models.yaml``, ``fits/<key>/`` (group-fit checkpoints), ``fit_results.ecsv``,
         ``catalogue.fits``, ``catalogue.reg``, ``models.yaml``, ``models.xml``, residual maps,
-        ``validation.json``, PNG figures, ``run.log`` and ``state.json``.
+        ``validation.json``, PNG figures, ``run.log``, ``state.json`` and the lock file
+        ``.gpsfast.lock``. With no source found, ``models.yaml`` is empty and there is no
+        ``catalogue.fits``, ``models.xml`` or ``catalogue.reg``.
     """
     config = config or PipelineConfig()
     folder = check_writable_dir(config.output)
-    if overwrite and (folder / "state.json").is_file():
-        (folder / "state.json").unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    state = _State(folder, _config_hash(config))
-    write_text_atomic(folder / "config.yaml", config.to_yaml())
-    handler = logging.FileHandler(folder / "run.log")
+    with folder_lock(folder, "gpsfast run"):
+        if overwrite:
+            remove_outputs(folder, OUTPUTS)
+        state = RunState(folder / "state.json", _settings(config), _input_digests(config))
+        write_text_atomic(folder / "config.yaml", config.to_yaml())
+        if "association" not in state.done:  # unreadable model files: an error now, not after the first stages
+            for key, path in (("input.truth", config.input.truth if config.input.kind == "files" else None),
+                              ("association.known_sources", config.association.known_sources)):
+                if path is not None:
+                    read_models_file(path, key)
+        _run_stages(_Run(config, folder, state.key), state)
+    return folder
+
+
+def _run_stages(run, state):
+    handler = logging.FileHandler(run.folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("gpsfast").addHandler(handler)
     logging.getLogger("gpsfast").setLevel(logging.INFO)
-    run = _Run(config, folder)
     try:
         for stage in STAGES:
             if stage in state.done:
@@ -637,4 +684,3 @@ def run_pipeline(config=None, overwrite=False):
     finally:
         logging.getLogger("gpsfast").removeHandler(handler)
         handler.close()
-    return folder
