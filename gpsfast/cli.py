@@ -41,7 +41,9 @@ def _verbosity():
 
 def _set_verbosity(verbose):
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:  # also when logging was configured before (e.g. -v after the command name)
+        logging.getLogger().setLevel(level)
 
 
 def _user_errors(func):

@@ -61,7 +61,7 @@ class RunState:
     settings : dict
         The result-relevant settings of the run (JSON-serialisable).
     inputs : dict
-        Input file path -> `file_digest`.
+        Configuration key of an input file -> its name and `file_digest`.
 
     Raises
     ------

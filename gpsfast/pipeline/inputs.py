@@ -7,10 +7,13 @@ exposure, nothing in ``mask_safe``, a map smaller than the significance disk)
 never gives fits that "succeed" at their start values.
 """
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
+from astropy.io.fits.verify import VerifyWarning
 from gammapy.datasets import MapDataset
+from gammapy.maps import WcsGeom
 from gammapy.modeling.models import Models
 
 from ..errors import InputError
@@ -54,11 +57,15 @@ def read_dataset(path, radii=(0.1,)):
         raise InputError(f"Dataset file not found: {path} (input.datasets)")
     if not _is_fits(path):
         raise InputError(f"Dataset file {path} is not a FITS file (input.datasets)")
-    try:
-        dataset = MapDataset.read(path, name=path.name.split(".")[0])
-    except Exception as exc:  # noqa: BLE001  any reading failure is the file's
-        raise InputError(f"Dataset file {path}: not a readable gammapy MapDataset ({type(exc).__name__}: "
-                         f"{exc})".replace("\n", " ")) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", VerifyWarning)
+        try:
+            dataset = MapDataset.read(path, name=path.name.split(".")[0])
+        except Exception as exc:  # noqa: BLE001  any reading failure is the file's
+            raise InputError(f"Dataset file {path}: not a readable gammapy MapDataset ({type(exc).__name__}: "
+                             f"{exc})".replace("\n", " ")) from None
+    for warning in caught:
+        log.warning("Dataset file %s: %s", path, " ".join(str(warning.message).split()))
     check_dataset(dataset, str(path), radii)
     return dataset
 
@@ -85,6 +92,9 @@ def check_dataset(dataset, source, radii=(0.1,)):
         if getattr(dataset, name) is None:
             raise InputError(f"Dataset {source} has no {name.upper()} map: the pipeline needs counts, background "
                              "and exposure")
+    if not isinstance(dataset.counts.geom, WcsGeom):
+        raise InputError(f"Dataset {source}: {type(dataset.counts.geom).__name__} maps are not supported (WCS maps "
+                         "only)")
     counts = np.asarray(dataset.counts.data)
     safe = np.ones(counts.shape, bool) if dataset.mask_safe is None else np.asarray(dataset.mask_safe.data, bool)
     if not safe.any():

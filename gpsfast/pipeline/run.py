@@ -66,9 +66,14 @@ RESULT_NEUTRAL = ("parallel", "output")
 """Configuration sections that do not change the results: a run may resume with other values."""
 
 
+INPUT_FILE_KEYS = {"input": ("datasets", "truth", "irf"), "association": ("known_sources",)}
+"""Configuration keys naming input files: a run is keyed by their content (`_input_digests`), not their path."""
+
+
 def _settings(config):
-    """The result-relevant configuration (JSON values)."""
-    return config.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
+    """The result-relevant configuration (JSON values), input file paths left out."""
+    exclude = {section: set(keys) for section, keys in INPUT_FILE_KEYS.items()}
+    return config.model_dump(mode="json", exclude={**exclude, **{key: True for key in RESULT_NEUTRAL}})
 
 
 def _input_files(config):
@@ -84,13 +89,16 @@ def _input_files(config):
 
 
 def _input_digests(config):
-    """Input file -> content digest; `InputError` naming the key of a missing file."""
+    """Configuration key -> name and content digest of its input file; `InputError` naming the key of a missing one.
+
+    Moved files with the same names and content give the same digests: a run resumes.
+    """
     digests = {}
     for key, path in _input_files(config).items():
         if not path.is_file():
             what = "Dataset file" if key.startswith("input.datasets") else "Input file"
             raise InputError(f"{what} not found: {path} ({key})")
-        digests[str(path)] = file_digest(path)
+        digests[key] = {"name": path.name, "digest": file_digest(path)}
     return digests
 
 
@@ -147,9 +155,11 @@ def _stage_datasets(run):
         write_survey(run.datasets_folder, datasets, models, meta={"input": config.model_dump(mode="json")},
                      overwrite=True)
     else:
+        names = [Path(path).name.split(".")[0] for path in config.datasets]
+        if len(set(names)) < len(names):
+            raise InputError(f"input.datasets: two files give the same dataset name ({', '.join(names)}): a dataset "
+                             "is named after its file: rename one")
         datasets = Datasets([read_dataset(path, run.config.significance.radii) for path in config.datasets])
-        if len(set(datasets.names)) < len(datasets):
-            raise InputError(f"input.datasets: two files give the same dataset name ({datasets.names}): rename one")
         write_survey(run.datasets_folder, datasets, Models([]), overwrite=True)
     write_text_atomic(run.datasets_folder / "names.json", json.dumps(datasets.names))
 

@@ -190,7 +190,7 @@ def _roi_task(function, index, config, parent):
 
 def _loky(items, n_jobs):
     """Results of `_roi_task` in a loky pool, as they finish; a dead worker raises from the pool."""
-    parallel = joblib.Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+    parallel = joblib.Parallel(n_jobs=min(n_jobs, len(items)), backend="loky", return_as="generator_unordered")
     yield from parallel(joblib.delayed(_roi_task)(_run_roi, index, config, os.getpid()) for index, config in items)
 
 
