@@ -7,6 +7,7 @@ shows the traceback of errors that are not gpsfast's own.
 import errno
 import functools
 import logging
+import math
 import sys
 import time
 
@@ -77,6 +78,18 @@ def _user_errors(func):
     return wrapper
 
 
+class _Finite(click.FloatRange):
+    """A float option in a range that also refuses NaN and infinities."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
+
+
 @click.group()
 @click.version_option(__version__, prog_name="gpsfast")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug); tracebacks of bugs.")
@@ -96,12 +109,16 @@ def cli(ctx, verbose):
     show_default=True,
     help="Dataset preset(s): subtev = 0.05-1 TeV, postev = 1-100 TeV.",
 )
-@click.option("--width", type=float, default=10.0, show_default=True, help="Patch width in longitude (deg).")
-@click.option("--height", type=float, default=6.0, show_default=True, help="Patch height in latitude (deg).")
-@click.option("--glon", type=float, default=0.0, show_default=True, help="Patch centre longitude (deg).")
-@click.option("--glat", type=float, default=0.0, show_default=True, help="Patch centre latitude (deg).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (population and counts).")
-@click.option("--livetime", type=float, default=1.0, show_default=True, help="Livetime per pointing (h).")
+@click.option("--width", type=_Finite(0, 360, min_open=True), default=10.0, show_default=True,
+              help="Patch width in longitude (deg).")
+@click.option("--height", type=_Finite(0, 180, min_open=True), default=6.0, show_default=True,
+              help="Patch height in latitude (deg).")
+@click.option("--glon", type=_Finite(-360, 360), default=0.0, show_default=True, help="Patch centre longitude (deg).")
+@click.option("--glat", type=_Finite(-90, 90), default=0.0, show_default=True, help="Patch centre latitude (deg).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed (population and counts).")
+@click.option("--livetime", type=_Finite(0, None, min_open=True), default=1.0, show_default=True,
+              help="Livetime per pointing (h).")
 @click.option(
     "--irf",
     type=click.Path(dir_okay=False),

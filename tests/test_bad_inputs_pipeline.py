@@ -167,13 +167,16 @@ CONFIG_CASES = [
     ("fit:\n  min_separation: 0\n", "fit.min_separation: Input should be greater than 0"),
     ("fit:\n  residual_min_separation: -1\n", "fit.residual_min_separation: Input should be greater than 0"),
     ("fit:\n  max_group_size: 0\n", "fit.max_group_size: Input should be greater than or equal to 1"),
+    ("seeds:\n  threshold: 5\n  threshold: 6\n", "not valid YAML (the key 'threshold' is given twice"),
+    ("seeds: {}\nseeds: {}\n", "not valid YAML (the key 'seeds' is given twice"),
+    (b"\xc4\x00\xff binary", "not valid YAML (unacceptable character"),
 ]
 
 
 @pytest.mark.parametrize("text, message", CONFIG_CASES)
 def test_bad_configuration_value_one_line_error(tmp_path, text, message):
     path = tmp_path / "config.yaml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(InputError, match=re.escape(message)):
         load_config(path)
     for command in ("run", "survey"):
@@ -218,3 +221,20 @@ def test_patch_without_sources_ends_cleanly_and_says_so(good, tmp_path):
     log = (folder / "run.log").read_text()
     assert "WARNING gpsfast.pipeline.run: No seed above sqrt_ts 5 in the significance maps of postev" in log
     assert "No source found: the catalogue is empty" in log
+
+
+# gpsfast simulate options: (arguments, message fragment)
+SIMULATE_CASES = [
+    (["--glat", "100"], "Invalid value for '--glat': 100.0 is not in the range -90<=x<=90."),
+    (["--glon", "nan"], "Invalid value for '--glon': nan is not a finite number."),
+    (["--seed", "-1"], "Invalid value for '--seed': -1 is not in the range x>=0."),
+    (["--width", "-1"], "Invalid value for '--width': -1.0 is not in the range 0<x<=360."),
+    (["--livetime", "0"], "Invalid value for '--livetime': 0.0 is not in the range x>0."),
+]
+
+
+@pytest.mark.parametrize("args, message", SIMULATE_CASES)
+def test_bad_simulate_option_one_line_error(tmp_path, args, message):
+    code, line = run_cli(["simulate", "--out", str(tmp_path / "out"), *args])
+    assert code == 2 and line == f"Error: {message}", line
+    assert not (tmp_path / "out").exists()

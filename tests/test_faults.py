@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from astropy.io import fits
 from astropy.table import Table
 from click.testing import CliRunner
 from gammapy.datasets import MapDataset
@@ -75,6 +76,14 @@ def forbid_stages(monkeypatch, stages):
     for stage in stages:
         monkeypatch.setitem(pipeline_run._STAGE_FUNCTIONS, stage,
                             lambda run, stage=stage: pytest.fail(f"stage {stage} was redone"))
+
+
+def test_finished_run_leaves_no_temporary_file(finished):
+    folder, _ = finished
+    hidden = [str(p.relative_to(folder)) for p in folder.rglob(".*") if p.name != LOCK_NAME]
+    assert hidden == []
+    maps = folder / "maps" / "significance_postev_r0.1.fits"
+    assert fits.getheader(maps)["MODEL"] == f"{maps}_model.yaml", "the maps name their own model file"
 
 
 # ------------------------------------------------------------------ two runs on one folder, SIGKILL

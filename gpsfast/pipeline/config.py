@@ -127,6 +127,20 @@ def _describe(error, source):
     return "; ".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML safe loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path=None, **overrides):
     """Read and validate a pipeline configuration.
 
@@ -144,7 +158,7 @@ def load_config(path=None, **overrides):
     Raises
     ------
     InputError
-        Naming the file and the key for unknown keys, wrong types or values.
+        Naming the file and the key for unknown or repeated keys, wrong types or values.
     """
     data, source = {}, "configuration"
     if path is not None:
@@ -153,7 +167,8 @@ def load_config(path=None, **overrides):
         if not path.is_file():
             raise InputError(f"Configuration file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            with open(path, "rb") as stream:
+                data = yaml.load(stream, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
         if not isinstance(data, dict):

@@ -173,7 +173,12 @@ def _background_only(dataset):
 def _stage_significance(run):
     run.maps_folder.mkdir(exist_ok=True)
     for label, maps in significance_maps(run.datasets(), run.config.significance.radii).items():
-        write_atomic(maps, run.maps_folder / f"significance_{label}.fits", overwrite=True)
+        _write_flux_maps(maps, run.maps_folder / f"significance_{label}.fits")
+
+
+def _write_flux_maps(maps, path):
+    """`FluxMaps` written atomically, their reference model beside them in ``<path>_model.yaml`` (gammapy's name)."""
+    write_atomic(maps, path, overwrite=True, filename_model=f"{path}_model.yaml")
 
 
 def _stage_seeds(run):
@@ -416,7 +421,7 @@ def _ds9_regions(models):
 def _stage_residual(run):
     """Residual significance maps: every dataset with its background and the catalogue's models."""
     for label, flux_maps in _residual_maps(run, run.datasets(), run.models("models.yaml")).items():
-        write_atomic(flux_maps, run.maps_folder / f"residual_{label}.fits", overwrite=True)
+        _write_flux_maps(flux_maps, run.maps_folder / f"residual_{label}.fits")
 
 
 def _expected_significances(datasets, truth, names):
