@@ -11,7 +11,7 @@ from gammapy.modeling.models import Models, PointSpatialModel, PowerLawSpectralM
 from gpsfast.detect import SeedCatalog
 from gpsfast.models import read_catalog
 from gpsfast.pipeline import PipelineConfig, run_pipeline
-from gpsfast.pipeline.run import _false_seeds
+from gpsfast.pipeline.report import _false_seeds
 from gpsfast.simulate import make_survey
 
 
