@@ -99,18 +99,18 @@ def make_rois(glon_min, glon_max, glat, width, height, overlap):
     )
 
 
-def _survey_datasets(config, folder, rois):
+def _survey_datasets(config, folder, rois, inputs):
     """The strip's datasets, simulated once for the whole strip (one consistent sky); their key.
 
-    Made again when the folder holds datasets made with other settings (their key
-    in ``survey.yaml`` differs).
+    The key hashes the ``input`` settings, the IRF file's digest (in ``inputs``) and
+    the strip's extent; datasets in the folder with another key are made again.
     """
     path = folder / "survey-datasets"
     strip = config.input
     lon_min = float(np.min(rois["glon"] - rois["width"] / 2))
     lon_max = float(np.max(rois["glon"] + rois["width"] / 2))
     height = float(np.max(rois["height"]))
-    key = settings_key(strip.model_dump(mode="json"), lon_min, lon_max, height)
+    key = settings_key(_settings(config)["input"], inputs.get("input.irf"), lon_min, lon_max, height)
     if (path / "survey.yaml").is_file():
         if yaml.safe_load((path / "survey.yaml").read_text()).get("key") == key:
             return path, key
@@ -360,9 +360,10 @@ def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_ov
     with folder_lock(folder, "gpsfast survey"):
         if overwrite:
             remove_outputs(folder, SURVEY_OUTPUTS)
-        RunState(folder / "state.json", settings, _input_digests(config))
+        inputs = _input_digests(config)
+        RunState(folder / "state.json", settings, inputs)
         write_atomic(rois, folder / "rois.ecsv")
-        survey_path, survey_key = _survey_datasets(config, folder, rois)
+        survey_path, survey_key = _survey_datasets(config, folder, rois, inputs)
         configs = [_roi_config(config, roi, folder, survey_path, survey_key) for roi in rois]
         failed, pool_failures = _run_all(configs, n_jobs, config.parallel.backend, config.parallel.scheduler)
         counts = _merge(rois, folder)
