@@ -665,7 +665,8 @@ def _inputs_fingerprint(datasets, models, release):
     digest = hashlib.blake2b(digest_size=16)
     for dataset in datasets:
         geom = dataset.counts.geom
-        digest.update(f"{dataset.name}|{geom.wcs.to_header_string()}|{list(geom.axes.names)}".encode())
+        wcs = geom.wcs.to_header_string() if hasattr(geom, "wcs") else repr(geom)
+        digest.update(f"{dataset.name}|{wcs}|{list(geom.axes.names)}".encode())
         for array in _dataset_arrays(dataset):
             _update_with_array(digest, array)
     for model in models:
