@@ -25,6 +25,7 @@ from gpsfast.groups import fit_groups
 from gpsfast.pipeline import STAGES, PipelineConfig, run_pipeline, run_survey
 from gpsfast.pipeline import run as pipeline_run
 from gpsfast.pipeline import survey as survey_mode
+from gpsfast.pipeline.folder import remove_outputs
 from gpsfast.utils import LOCK_NAME
 
 RESUME = "what was written before is kept: run the same command again to resume"
@@ -175,6 +176,23 @@ def test_overwrite_leaves_nothing_of_the_old_run(finished, tmp_path, monkeypatch
     # the same configuration again resumes: nothing is redone
     forbid_stages(monkeypatch, STAGES)
     assert run_pipeline(other) == copy
+
+
+def test_overwrite_never_deletes_inputs_nor_foreign_folders(finished, tmp_path):
+    folder, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    before = contents(copy)
+    inside = PipelineConfig(input={"kind": "files", "datasets": [str(copy / "datasets" / "postev.fits")]},
+                            output=copy)
+    with pytest.raises(InputError, match=rf"--overwrite would delete the input file {copy}/datasets/postev.fits"):
+        run_pipeline(inside, overwrite=True)
+    assert contents(copy) == before, "nothing deleted"
+    mine = tmp_path / "mine"
+    (mine / "maps").mkdir(parents=True)
+    (mine / "models.yaml").write_text("my own file")
+    assert remove_outputs(mine, pipeline_run.OUTPUTS) == [], "not a gpsfast folder: nothing deleted"
+    assert (mine / "models.yaml").is_file() and (mine / "maps").is_dir()
 
 
 def test_changed_input_file_is_refused(finished, tmp_path):

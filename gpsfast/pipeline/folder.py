@@ -114,25 +114,38 @@ class RunState:
         self._write()
 
 
-def remove_outputs(folder, patterns):
+def remove_outputs(folder, patterns, protect=()):
     """Delete the files and folders of ``folder`` matching ``patterns`` (globs), and their temporary files.
 
     Temporary files are those the atomic writers leave when killed: ``.<name>.*``.
+    Nothing is deleted unless the folder holds a gpsfast state file (``state.json``),
+    nor when a match is or holds one of the ``protect`` paths (the run's input files).
 
     Returns
     -------
     removed : list of str
         The names removed.
+
+    Raises
+    ------
+    InputError
+        When a match holds a protected path (nothing is deleted then).
     """
     folder = Path(folder)
-    removed = []
-    for pattern in (*patterns, *(f".{p}.*" for p in patterns)):
-        for path in sorted(folder.glob(pattern)):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            removed.append(path.name)
-    if removed:
-        log.info("--overwrite: removed %d outputs of the previous run from %s", len(removed), folder)
-    return removed
+    if not (folder / "state.json").is_file():
+        return []
+    matches = sorted({path for pattern in (*patterns, *(f".{p}.*" for p in patterns)) for path in folder.glob(pattern)})
+    protected = [Path(p).absolute() for p in protect]
+    for path in matches:
+        inside = [p for p in protected if p == path.absolute() or path.absolute() in p.parents]
+        if inside:
+            raise InputError(f"--overwrite would delete the input file {inside[0]} (it is in the previous run's "
+                             f"{path.name}): move it out of {folder} or use another output folder")
+    for path in matches:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if matches:
+        log.info("--overwrite: removed %d outputs of the previous run from %s", len(matches), folder)
+    return [path.name for path in matches]

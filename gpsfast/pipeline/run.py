@@ -453,7 +453,9 @@ def run_pipeline(config=None, overwrite=False):
         Configuration; the embedded demo (a simulated 10 x 6 deg patch) by default.
     overwrite : bool
         Start again in an output folder that holds another run: every output of
-        that run (`OUTPUTS`, and nothing else) is deleted first.
+        that run (`OUTPUTS`, and nothing else) is deleted first; never an input
+        file of this run (`InputError` instead), nor anything in a folder without
+        a gpsfast ``state.json``.
 
     Returns
     -------
@@ -471,7 +473,7 @@ def run_pipeline(config=None, overwrite=False):
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder, "gpsfast run"):
         if overwrite:
-            remove_outputs(folder, OUTPUTS)
+            remove_outputs(folder, OUTPUTS, protect=_input_files(config).values())
         state = RunState(folder / "state.json", _settings(config), _input_digests(config))
         write_text_atomic(folder / "config.yaml", config.to_yaml())
         if "association" not in state.done:  # unreadable model files: an error now, not after the first stages

@@ -35,7 +35,7 @@ from ..simulate import make_survey, read_survey, write_survey
 from ..utils import atomic_output, check_writable_dir, exit_with_parent, folder_lock, write_atomic, write_text_atomic
 from .config import PipelineConfig
 from .folder import RunState, remove_outputs, settings_key
-from .run import _input_digests, _settings, run_pipeline
+from .run import _input_digests, _input_files, _settings, run_pipeline
 
 __all__ = ["make_rois", "run_survey", "SURVEY_OUTPUTS"]
 
@@ -326,7 +326,8 @@ def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_ov
         pipeline of each ROI runs in one process.
     overwrite : bool
         Start again in a folder holding a survey made with other settings: every
-        output of that survey (`SURVEY_OUTPUTS`, and nothing else) is deleted first.
+        output of that survey (`SURVEY_OUTPUTS`, and nothing else, never an input
+        file) is deleted first.
 
     Returns
     -------
@@ -359,7 +360,7 @@ def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_ov
                 "roi_overlap": roi_overlap}
     with folder_lock(folder, "gpsfast survey"):
         if overwrite:
-            remove_outputs(folder, SURVEY_OUTPUTS)
+            remove_outputs(folder, SURVEY_OUTPUTS, protect=_input_files(config).values())
         inputs = _input_digests(config)
         RunState(folder / "state.json", settings, inputs)
         write_atomic(rois, folder / "rois.ecsv")
