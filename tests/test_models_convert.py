@@ -163,9 +163,11 @@ def test_real_xml_files_convert():
             result = read_xml_detailed(path)
         except InputError as exc:
             msg = str(exc)
-            if "not found (resolved" in msg:
-                missing = Path(msg.rsplit("as GammaLib does: ", 1)[1].rstrip(")"))
-                assert not missing.exists(), msg
+            if "environment variable, which is not expanded" in msg:
+                assert "$" in msg, msg
+            elif " not found in the XML file's folder: " in msg:
+                missing = Path(msg.rsplit("folder: ", 1)[1])
+                assert not missing.exists() and path.parent in missing.parents, msg
             else:
                 assert "supported types" in msg and any(f"'{t}'" in msg for t in UNSUPPORTED), msg
             continue

@@ -701,30 +701,42 @@ def test_missing_file_names_resolved_path(tmp_path, kind):
     assert str(folder / "none.txt") in msg and kind in msg and "XML file's folder" in msg
 
 
-def test_file_with_folder_is_relative_to_working_directory(tmp_path, monkeypatch):
+def test_file_with_folder_is_relative_to_the_xml_folder_or_allowed(tmp_path, monkeypatch):
+    """A name with a folder part: in the XML file's folder, then the allowed folders ("." = GammaLib's rule)."""
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "ff.txt").write_text((DATA / "filefunction.txt").read_text())
     folder = tmp_path / "models"
     folder.mkdir()
     path = write_lib(folder, xml_source(spec("FileFunction", par("Normalization", 1.0), extra='file="sub/ff.txt"')))
-    monkeypatch.chdir(folder)
-    with pytest.raises(InputError, match="relative to the working directory"):
-        read_xml(path)
     monkeypatch.chdir(tmp_path)
-    model = read_xml(path)[0]
-    # written back next to the data: the path is kept absolute, and reads back from anywhere
+    with pytest.raises(InputError, match=r"'sub/ff.txt' not found in the XML file's folder: .*models/sub/ff\.txt"):
+        read_xml(path)
+    assert read_xml(path, allowed_dirs=["."])[0].spectral_model.energy.size == 3
+    model = read_xml(path, allowed_dirs=[tmp_path])[0]
+    # written back elsewhere: the path is kept absolute, read back when its folder is allowed
     write_xml([model], folder / "out.xml")
     monkeypatch.chdir(folder)
-    assert read_xml(folder / "out.xml")[0].spectral_model.filename.endswith("ff.txt")
+    with pytest.raises(InputError, match="outside the allowed folders"):
+        read_xml(folder / "out.xml")
+    assert read_xml(folder / "out.xml", allowed_dirs=[tmp_path / "sub"])[0].spectral_model.filename.endswith("ff.txt")
 
 
 def test_environment_variable_in_file_name(tmp_path, monkeypatch):
+    """Expanded only when asked; the error without expansion never shows the variable's value."""
     (tmp_path / "ff.txt").write_text((DATA / "filefunction.txt").read_text())
     monkeypatch.setenv("GPSFAST_TEST_DATA", str(tmp_path))
     sub = tmp_path / "xml"
     sub.mkdir()
     src = xml_source(spec("FileFunction", par("Normalization", 1.0), extra='file="$GPSFAST_TEST_DATA/ff.txt"'))
-    assert read_xml(write_lib(sub, src))[0].spectral_model.energy.size == 3
+    path = write_lib(sub, src)
+    with pytest.raises(InputError, match="environment variable, which is not expanded") as info:
+        read_xml(path)
+    assert str(tmp_path / "ff.txt") not in str(info.value)
+    with pytest.raises(InputError, match="outside the allowed folders"):
+        read_xml(path, expand_env=True)
+    assert read_xml(path, expand_env=True, allowed_dirs=[tmp_path])[0].spectral_model.energy.size == 3
+    gammalib_style = write_lib(tmp_path, src.replace("$GPSFAST_TEST_DATA", "$(GPSFAST_TEST_DATA)"), name="g.xml")
+    assert read_xml(gammalib_style, expand_env=True)[0].spectral_model.energy.size == 3
 
 
 def test_entity_expansion_bomb_rejected(tmp_path):

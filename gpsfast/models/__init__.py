@@ -7,6 +7,13 @@
   FITS table with one row per source that reads back into the same models.
 - `convert`: file to file (``.xml``, ``.yaml``/``.yml``, ``.fits``), as used by
   ``gpsfast convert IN OUT``.
+- `read_yaml_models`: gammapy YAML, refusing duplicate keys.
+
+Model files are untrusted input: files they reference are read only from the
+model file's folder (and folders the caller allows), environment variables in
+their names are expanded only when asked (`gpsfast.models.xmlfiles`), and every
+error names file, line, source and value. Big files read in memory linear in the
+number of sources (`gpsfast.models.bulk`: no dense covariance until asked).
 
 Where gammapy's formula differs from GammaLib's, a gammapy-compatible class
 here reproduces GammaLib exactly (``GammaLib*``, ``NodeFunction``,
@@ -54,6 +61,7 @@ from .catalog import (
 from .convert import convert
 from .xmlio import SUPPORTED_XML_TYPES, read_xml, read_xml_detailed
 from .xmlwrite import write_xml
+from .yamlio import read_yaml_models
 
 __all__ = [
     "FLAG_POSITION_AT_BOUND",
@@ -64,6 +72,7 @@ __all__ = [
     "restore_gammapy_models",
     "read_xml",
     "read_xml_detailed",
+    "read_yaml_models",
     "write_xml",
     "write_catalog",
     "read_catalog",

@@ -23,6 +23,7 @@ from gammapy.modeling.models import Models, SkyModel
 
 from ..errors import InputError
 from ..utils import atomic_output
+from .bulk import build_models
 
 __all__ = [
     "write_catalog",
@@ -222,11 +223,27 @@ def write_catalog(models, path, datasets=None, overwrite=False, seeds=None):
     detection = _seed_columns(seeds)
     rows = [_source_row(model, stats, detection, par_columns) for model in sources]
     table = _rows_to_table(rows, par_columns)
+    _check_ascii(table)
     table.meta["EXTNAME"] = "CATALOG"
     table.meta["ORIGIN"] = "gpsfast"
     with atomic_output(path, overwrite) as tmp:
         table.write(tmp, format="fits")
     return table
+
+
+def _check_ascii(table):
+    """FITS text is ASCII: refuse a non-ASCII string with the column and source (before anything is written)."""
+    for name in table.colnames:
+        if table[name].dtype.kind != "U":
+            continue
+        for i, value in enumerate(table[name]):
+            if not str(value).isascii():
+                bad = next(c for c in str(value) if not c.isascii())
+                raise InputError(
+                    f"write_catalog: source {str(table['Source_Name'][i])!r} (row {i + 1}), column {name!r}: "
+                    f"{str(value)!r} has the non-ASCII character {bad!r} (U+{ord(bad):04X}); FITS text is ASCII: "
+                    "rename it"
+                )
 
 
 def _column_for(base, unit, par_columns):
@@ -378,33 +395,65 @@ def _rows_to_table(rows, par_columns):
     return table
 
 
-def _row_to_model(row, colnames):
+_PAR_SUFFIXES = ("_err", "_min", "_max", "_frozen", "_unit")
+
+
+def _cell_float(row, column, where):
+    try:
+        return float(row[column])
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: column {column!r} is not a number ({row[column]!r})") from None
+
+
+def _parameter_from_row(row, column, colnames, where):
+    """value, error, min, max, frozen and unit of one parameter column; non-finite or inconsistent values refused."""
+    missing = [column + s for s in ("",) + _PAR_SUFFIXES if column + s not in colnames]
+    if missing:
+        raise InputError(f"{where}: parameter column(s) {', '.join(map(repr, missing))} missing")
+    raw_unit = row[column + "_unit"]
+    unit = "" if np.ma.is_masked(raw_unit) else str(raw_unit).strip()
+    col_unit = colnames[column]
+    try:
+        conv = u.Unit(col_unit).to(u.Unit(unit)) if col_unit and unit and col_unit != unit else 1.0
+    except (ValueError, TypeError, u.UnitsError):
+        raise InputError(f"{where}: column {column!r}: unit {unit!r} (column unit {col_unit!r}) is not a valid "
+                         "or compatible unit") from None
+    value, error, vmin, vmax = (_cell_float(row, column + s, where) * conv for s in ("", "_err", "_min", "_max"))
+    if not np.isfinite(value):
+        raise InputError(f"{where}: column {column!r} value is {value} (not finite)")
+    if np.isnan(error):
+        error = 0.0
+    if vmin > vmax:
+        raise InputError(f"{where}: column {column!r}: min={vmin} is larger than max={vmax}")
+    return dict(value=value, error=error, min=vmin, max=vmax, frozen=bool(row[column + "_frozen"]), unit=unit)
+
+
+def _row_to_model(row, colnames, where=None):
     name = str(row["Source_Name"]).strip()
+    where = f"catalogue row {name!r}" if where is None else f"{where} ({name!r})"
     try:
         structure = json.loads(str(row["Model_Structure"]))
     except json.JSONDecodeError as exc:
-        raise InputError(f"catalogue row {name!r}: Model_Structure is not valid JSON ({exc})") from None
+        raise InputError(f"{where}: Model_Structure is not valid JSON ({exc})") from None
+    if not isinstance(structure, dict) or "spectral" not in structure:
+        raise InputError(f"{where}: Model_Structure has no spectral model")
     pars = []
     for comp in ("spectral", "spatial", "temporal"):
         if comp in structure:
             _walk_parameters(structure[comp], f"{comp}_", pars)
     for base, par in pars:
         column = par.pop("column", base)
-        if column not in colnames:
-            raise InputError(f"catalogue row {name!r}: parameter column {column!r} is missing")
-        unit = "" if np.ma.is_masked(row[column + "_unit"]) else str(row[column + "_unit"]).strip()
-        col_unit = colnames[column]
-        conv = u.Unit(col_unit).to(u.Unit(unit)) if col_unit and unit and col_unit != unit else 1.0
-        par.update(
-            value=float(row[column]) * conv,
-            error=float(row[column + "_err"]) * conv,
-            min=float(row[column + "_min"]) * conv,
-            max=float(row[column + "_max"]) * conv,
-            frozen=bool(row[column + "_frozen"]),
-            unit=unit,
-        )
+        par.update(_parameter_from_row(row, column, colnames, where))
     structure["name"] = name
-    return SkyModel.from_dict(structure)
+    try:
+        return SkyModel.from_dict(structure)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    except Exception as exc:
+        kinds = ", ".join(f"{c} {structure[c].get('type')!r}" for c in ("spectral", "spatial", "temporal")
+                          if isinstance(structure.get(c), dict))
+        raise InputError(f"{where}: cannot build the model ({kinds}): {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
 
 
 class SurveyCatalog:
@@ -416,9 +465,20 @@ class SurveyCatalog:
         Catalogue table (one row per source).
     """
 
-    def __init__(self, table):
+    def __init__(self, table, path=None):
         self.table = table
-        self._index = {str(n).strip(): i for i, n in enumerate(table["Source_Name"])}
+        self.path = path
+        names = [str(n).strip() for n in table["Source_Name"]]
+        first = {}
+        for i, name in enumerate(names):
+            if name in first:
+                raise InputError(f"{self._label()}: duplicate source name {name!r} in rows {first[name] + 1} "
+                                 f"and {i + 1}")
+            first[name] = i
+        self._index = first
+
+    def _label(self):
+        return str(self.path) if self.path is not None else "catalogue"
 
     @classmethod
     def read(cls, path):
@@ -433,7 +493,7 @@ class SurveyCatalog:
         for column in ("Source_Name", "Model_Structure"):
             if column not in table.colnames:
                 raise InputError(f"{path}: catalogue has no {column!r} column")
-        return cls(table)
+        return cls(table, path=path)
 
     def __len__(self):
         return len(self.table)
@@ -441,18 +501,21 @@ class SurveyCatalog:
     def _column_units(self):
         return {name: (str(col.unit) if col.unit is not None else "") for name, col in self.table.columns.items()}
 
+    def _model(self, index, units):
+        return _row_to_model(self.table[index], units, where=f"{self._label()}: row {index + 1}")
+
     def __getitem__(self, key):
         """The `~gammapy.modeling.models.SkyModel` of a source, by name or row index."""
         if isinstance(key, str):
             if key not in self._index:
                 raise KeyError(f"no source named {key!r} in the catalogue")
             key = self._index[key]
-        return _row_to_model(self.table[key], self._column_units())
+        return self._model(key, self._column_units())
 
     def to_models(self):
         """All sources as `~gammapy.modeling.models.Models`."""
         units = self._column_units()
-        return Models([_row_to_model(row, units) for row in self.table])
+        return build_models([self._model(i, units) for i in range(len(self.table))])
 
     @property
     def positions(self):

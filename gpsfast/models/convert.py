@@ -3,13 +3,14 @@ import collections
 import logging
 from pathlib import Path
 
-from gammapy.modeling.models import FoVBackgroundModel, Models, SkyModel
+from gammapy.modeling.models import FoVBackgroundModel, SkyModel
 
 from ..errors import InputError
 from .catalog import read_catalog, write_catalog
 from ..utils import atomic_output
 from .xmlio import read_xml_detailed
 from .xmlwrite import write_xml
+from .yamlio import read_yaml_models
 
 __all__ = ["convert"]
 
@@ -33,12 +34,7 @@ def _read(path, kind, notes):
         notes.extend(result.warnings)
         return result.models
     if kind == "yaml":
-        if not Path(path).is_file():
-            raise InputError(f"YAML model file not found: {path}")
-        try:
-            return Models.read(path)
-        except Exception as exc:
-            raise InputError(f"{path}: cannot read gammapy YAML models ({type(exc).__name__}: {exc})") from None
+        return read_yaml_models(path)
     return read_catalog(path)
 
 

@@ -10,10 +10,12 @@ Elliptical models use the gammapy convention for ``phi`` (angle of the major
 axis, counter-clockwise from the north of the model frame); `pa_to_phi` and
 `phi_to_pa` convert from / to GammaLib's ``PA`` (east of celestial north).
 """
+import functools
+
 import numpy as np
 import scipy.special
 import astropy.units as u
-from astropy.coordinates import Angle, SkyCoord, angular_separation, position_angle
+from astropy.coordinates import Angle, CartesianRepresentation, SkyCoord, angular_separation, position_angle
 from gammapy.modeling import Parameter, Parameters
 from gammapy.modeling.models import SPATIAL_MODEL_REGISTRY, PointSpatialModel, SpatialModel
 from regions import CircleAnnulusSkyRegion, CircleSkyRegion, EllipseSkyRegion
@@ -36,6 +38,19 @@ __all__ = [
 ELLIPTICAL_GAUSS_TRUNCATION = 3.0
 
 
+@functools.lru_cache(maxsize=None)
+def _to_icrs_matrix(frame):
+    """Rotation matrix from ``frame`` to ICRS unit vectors (astropy's transformation of the axes)."""
+    axes = SkyCoord(CartesianRepresentation([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]), frame=frame)
+    icrs = axes.icrs.cartesian
+    # column j: the ICRS vector of the frame's axis j
+    return np.stack([icrs.x.value, icrs.y.value, icrs.z.value])
+
+
+def _unit_vector(lon, lat):
+    return np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+
+
 def north_rotation(lon, lat, frame):
     """Position angle of the model frame's north, measured east of celestial north.
 
@@ -53,6 +68,17 @@ def north_rotation(lon, lat, frame):
     """
     if frame in ("icrs", "fk5"):
         return Angle(0, "deg")
+    if frame == "galactic":
+        # the frame is a fixed rotation of ICRS: rotate the centre and the pole, then the usual position angle
+        matrix = _to_icrs_matrix(frame)
+        centre = matrix @ _unit_vector(u.Quantity(lon).to_value("rad"), u.Quantity(lat).to_value("rad"))
+        pole = matrix @ np.array([0.0, 0.0, 1.0])
+        ra, dec = np.arctan2(centre[1], centre[0]), np.arcsin(np.clip(centre[2], -1, 1))
+        ra_p, dec_p = np.arctan2(pole[1], pole[0]), np.arcsin(np.clip(pole[2], -1, 1))
+        d_ra = ra_p - ra
+        angle = np.arctan2(np.sin(d_ra) * np.cos(dec_p),
+                           np.cos(dec) * np.sin(dec_p) - np.sin(dec) * np.cos(dec_p) * np.cos(d_ra))
+        return Angle(angle, "rad").to("deg").wrap_at(180 * u.deg)
     centre = SkyCoord(lon, lat, frame=frame).icrs
     pole = SkyCoord(0 * u.deg, 90 * u.deg, frame=frame).icrs
     return Angle(centre.position_angle(pole)).wrap_at(180 * u.deg)

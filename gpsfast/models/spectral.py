@@ -232,20 +232,33 @@ def read_file_function(path):
     -------
     energy, values : `~astropy.units.Quantity`
         Node energies (MeV) and intensities (cm-2 s-1 MeV-1).
+
+    Raises
+    ------
+    InputError
+        Binary content, a line that is not two numbers, a non-finite number,
+        fewer than two rows, non-positive or non-increasing values; the
+        message names the file and line but never echoes the file's text.
     """
+    from .xmlfiles import read_text_file
+
     path = Path(path)
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text_file(path, "FileFunction table").splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
         fields = text.replace(",", " ").split()
         try:
-            rows.append((float(fields[0]), float(fields[1])))
+            energy, intensity = float(fields[0]), float(fields[1])
         except (ValueError, IndexError):
             raise InputError(
-                f"{path}:{lineno}: FileFunction line needs two numbers (energy in MeV, intensity), got {line!r}"
+                f"{path}:{lineno}: FileFunction line needs two numbers (energy in MeV, intensity)"
             ) from None
+        if not (np.isfinite(energy) and np.isfinite(intensity)):
+            raise InputError(f"{path}:{lineno}: FileFunction row is not finite (energy={energy}, "
+                             f"intensity={intensity})")
+        rows.append((energy, intensity))
     if len(rows) < 2:
         raise InputError(f"{path}: FileFunction table needs at least two rows, found {len(rows)}")
     data = np.array(rows)

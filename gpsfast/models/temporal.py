@@ -101,9 +101,21 @@ class GammaLibPhaseCurveTemporalModel(TemplatePhaseCurveTemporalModel):
         path = Path(path)
         if not path.is_file():
             raise InputError(f"phase-curve file not found: {path}")
-        with fits.open(path) as hdul:
-            table = Table.read(hdul[1])
-        return cls(table, filename=str(path), normalize=normalize, **kwargs)
+        try:
+            with fits.open(path) as hdul:
+                table = Table.read(hdul[1])
+            phase = np.asarray(table["PHASE"], dtype=float)
+            norm = np.asarray(table["NORM"], dtype=float)
+        except (OSError, IndexError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: not a phase-curve FITS table with PHASE and NORM columns "
+                             f"({type(exc).__name__})") from None
+        if not (np.all(np.isfinite(phase)) and np.all(np.isfinite(norm))):
+            row = int(np.nonzero(~(np.isfinite(phase) & np.isfinite(norm)))[0][0])
+            raise InputError(f"{path}: phase-curve row {row + 1} is not finite (PHASE={phase[row]}, NORM={norm[row]})")
+        try:
+            return cls(table, filename=str(path), normalize=normalize, **kwargs)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
     def evaluate(self, time, norm, t_ref, phi_ref, f0, f1, f2):
         phase, _ = self._time_to_phase(time, t_ref, phi_ref, f0, f1, f2)
@@ -130,16 +142,27 @@ def _read_light_curve(path):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"light-curve file not found: {path}")
-    with fits.open(path) as hdul:
-        hdu = hdul[1]
-        header = hdu.header
-        mjdref = header.get("MJDREFI", 0) + header.get("MJDREFF", 0.0)
-        if "MJDREF" in header:
-            mjdref = header["MJDREF"]
-        unit = u.Unit(header.get("TIMEUNIT", "s"))
-        time = np.asarray(hdu.data["TIME"], dtype=float) * unit
-        norm = np.asarray(hdu.data["NORM"], dtype=float)
-        timesys = header.get("TIMESYS", "TT").lower()
+    try:
+        with fits.open(path) as hdul:
+            hdu = hdul[1]
+            header = hdu.header
+            mjdref = header.get("MJDREFI", 0) + header.get("MJDREFF", 0.0)
+            if "MJDREF" in header:
+                mjdref = header["MJDREF"]
+            unit = u.Unit(header.get("TIMEUNIT", "s"))
+            time = np.asarray(hdu.data["TIME"], dtype=float) * unit
+            norm = np.asarray(hdu.data["NORM"], dtype=float)
+            timesys = str(header.get("TIMESYS", "TT")).lower()
+            mjdref = float(mjdref)
+    except (OSError, IndexError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a light-curve FITS table with TIME and NORM columns "
+                         f"({type(exc).__name__})") from None
+    finite = np.isfinite(time.value) & np.isfinite(norm)
+    if not np.all(finite):
+        row = int(np.nonzero(~finite)[0][0])
+        raise InputError(f"{path}: light-curve row {row + 1} is not finite (TIME={time.value[row]}, NORM={norm[row]})")
+    if len(time) < 1 or np.any(np.diff(time.value) <= 0):
+        raise InputError(f"{path}: light-curve TIME must increase strictly (at least one row)")
     return mjdref, time, norm, timesys
 
 
