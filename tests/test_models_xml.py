@@ -765,7 +765,7 @@ def test_empty_source_name(tmp_path):
 
 
 def test_duplicate_names(tmp_path):
-    with pytest.raises(InputError, match="duplicate source names: a"):
+    with pytest.raises(InputError, match=r"model\.xml:2: source 'a' duplicate source name \(first at line 2\)"):
         read_xml(write_lib(tmp_path, xml_source(PL, name="a"), xml_source(PL, name="a")))
 
 

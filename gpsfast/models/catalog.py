@@ -512,10 +512,30 @@ class SurveyCatalog:
             key = self._index[key]
         return self._model(key, self._column_units())
 
-    def to_models(self):
-        """All sources as `~gammapy.modeling.models.Models`."""
+    def to_models(self, strict=True, bad=None):
+        """All sources as `~gammapy.modeling.models.Models`.
+
+        Parameters
+        ----------
+        strict : bool
+            Refuse the table at the first bad row (default); with ``False``
+            bad rows are left out with a logged warning.
+        bad : list, optional
+            Receives the `~gpsfast.errors.InputError` of each row left out
+            (its message names file, row, source and column).
+        """
         units = self._column_units()
-        return build_models([self._model(i, units) for i in range(len(self.table))])
+        models = []
+        for i in range(len(self.table)):
+            try:
+                models.append(self._model(i, units))
+            except InputError as exc:
+                if strict:
+                    raise
+                log.warning("%s: not converted", exc)
+                if bad is not None:
+                    bad.append(exc)
+        return build_models(models)
 
     @property
     def positions(self):
@@ -523,17 +543,25 @@ class SurveyCatalog:
         return SkyCoord(self.table["GLON"], self.table["GLAT"], unit="deg", frame="galactic")
 
 
-def read_catalog(path):
+def read_catalog(path, strict=True):
     """Read a survey catalogue FITS table back into gammapy models.
 
     Parameters
     ----------
     path : str or `~pathlib.Path`
         File written by `write_catalog`.
+    strict : bool
+        Refuse the table at the first bad row (default), else leave bad rows
+        out with a logged warning naming file, row and column.
 
     Returns
     -------
     models : `~gammapy.modeling.models.Models`
         One `~gammapy.modeling.models.SkyModel` per row.
     """
-    return SurveyCatalog.read(path).to_models()
+    return SurveyCatalog.read(path).to_models(strict=strict)
+
+
+def read_catalog_detailed(path, strict=True, bad=None):
+    """`read_catalog`, also giving the rows left out in lenient mode (``bad`` receives their errors)."""
+    return SurveyCatalog.read(path).to_models(strict=strict, bad=bad)

@@ -65,8 +65,7 @@ Every message names the file, the line and the source. Big files are read in
 memory linear in the number of sources (`gpsfast.models.bulk`); files over
 ``max_sources`` sources or nested deeper than `MAX_XML_DEPTH` are refused.
 """
-import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree.ElementTree import ParseError
 
@@ -94,7 +93,7 @@ from .xml_common import (
     Context,
     SourceError,
     align,
-    location,
+    log,
     unknown,
 )
 from .xml_spatial import DM_HALO_PARAMETERS, DM_PROFILES, read_spatial, read_temporal
@@ -255,21 +254,28 @@ def _parse(path, max_sources):
 
 @dataclass
 class XmlReadResult:
-    """What `read_xml_detailed` found: the models, the warnings, the sources skipped."""
+    """What `read_xml_detailed` found: the models, the warnings, the sources skipped or refused."""
 
     models: Models
     warnings: list
     skipped: list
     n_sources: int
+    #: Sources not converted in lenient mode (`~gpsfast.models.xml_common.SourceError`: path, line, source, reason).
+    bad: list = field(default_factory=list)
 
 
-def read_xml_detailed(path, allowed_dirs=None, expand_env=False, max_sources=MAX_SOURCES):
-    """Read a GammaLib / ctools XML model file and report warnings and skipped sources.
+def read_xml_detailed(path, strict=True, allowed_dirs=None, expand_env=False, max_sources=MAX_SOURCES):
+    """Read a GammaLib / ctools XML model file and report warnings, skipped and bad sources.
 
     Parameters
     ----------
     path : str or `~pathlib.Path`
         XML file with a ``<source_library>`` root.
+    strict : bool
+        Refuse the file at the first bad source (default). With ``strict=False``
+        every good source is converted and each bad one is reported in
+        ``result.bad`` (file, line, source name, why); errors of the file
+        itself (malformed or unsafe XML, too large) are raised in both modes.
     allowed_dirs : list of str or `~pathlib.Path`, optional
         Folders besides the XML file's own that referenced files (``file=``)
         may be read from (``"."`` for GammaLib's rule that a name with a folder
@@ -286,7 +292,8 @@ def read_xml_detailed(path, allowed_dirs=None, expand_env=False, max_sources=MAX
     result : `XmlReadResult`
         ``models`` (`~gammapy.modeling.models.Models`), ``warnings`` (one line each,
         naming file, line and source), ``skipped`` (names of non-sky sources skipped),
-        ``n_sources`` (number of ``<source>`` elements).
+        ``n_sources`` (number of ``<source>`` elements), ``bad`` (sources refused
+        in lenient mode).
     """
     root = _parse(path, max_sources)
     ctx = Context(path, FileResolver(path, allowed_dirs=allowed_dirs, expand_env=expand_env))
@@ -294,28 +301,38 @@ def read_xml_detailed(path, allowed_dirs=None, expand_env=False, max_sources=MAX
     if len(sources) > max_sources:
         raise InputError(f"{path}: {len(sources)} sources, more than max_sources={max_sources}: refused "
                          "(pass a larger max_sources to read_xml if the machine has the memory)")
-    models, skipped = [], []
+    models, skipped, bad, first_line = [], [], [], {}
     for src in progress_bar(sources, desc=f"reading {Path(path).name}"):
-        model = _read_source_located(ctx, src)
+        try:
+            model = _read_source_located(ctx, src)
+            if model is not None and model.name in first_line:
+                raise ctx.error(f"duplicate source name (first at line {first_line[model.name]})")
+        except SourceError as exc:
+            if strict:
+                raise
+            bad.append(exc)
+            log.warning("%s: not converted", exc)
+            model = False
         if model is None:
             skipped.append(src.get("name"))
-        else:
+        elif model is not False:
+            first_line[model.name] = getattr(src, "sourceline", "?")
             models.append(model)
         ctx.source = ctx.line = None
-    counts = collections.Counter(m.name for m in models)
-    dupes = sorted(name for name, n in counts.items() if n > 1)
-    if dupes:
-        raise InputError(f"{path}: duplicate source names: {', '.join(dupes)}")
-    return XmlReadResult(build_models(models), ctx.warnings, skipped, len(sources))
+    return XmlReadResult(build_models(models), ctx.warnings, skipped, len(sources), bad)
 
 
-def read_xml(path, allowed_dirs=None, expand_env=False, max_sources=MAX_SOURCES):
+def read_xml(path, strict=True, allowed_dirs=None, expand_env=False, max_sources=MAX_SOURCES):
     """Read a ctools / GammaLib XML sky model file into gammapy models.
 
     Parameters
     ----------
     path : str or `~pathlib.Path`
         XML file (``<source_library>``).
+    strict : bool
+        Refuse the file at the first bad source (default); with ``False`` the
+        bad sources are left out with a logged warning each (see
+        `read_xml_detailed` for the list of them).
     allowed_dirs, expand_env, max_sources
         See `read_xml_detailed`: files it references are read only from its
         folder (and ``allowed_dirs``), environment variables in their names
@@ -337,5 +354,5 @@ def read_xml(path, allowed_dirs=None, expand_env=False, max_sources=MAX_SOURCES)
         than max, unphysical size or position, missing or refused referenced
         file, too many sources. The message names file, line and source.
     """
-    return read_xml_detailed(path, allowed_dirs=allowed_dirs, expand_env=expand_env,
+    return read_xml_detailed(path, strict=strict, allowed_dirs=allowed_dirs, expand_env=expand_env,
                              max_sources=max_sources).models
