@@ -363,10 +363,11 @@ def test_radial_shell(tmp_path, kind):
 
 
 def test_radial_ring(tmp_path):
+    """GModelSpatialRadialRing: inner radius Radius, outer radius Radius + Width."""
     m = _read_spatial(tmp_path, _spatial_xml("RadialRing", par("Radius", 0.45), par("Width", 0.15)))
-    pts = _sky_points(83.6331, 22.0145, "icrs", 0.7)
+    pts = _sky_points(83.6331, 22.0145, "icrs", 0.8)
     theta = pts.separation(SkyCoord(83.6331, 22.0145, unit="deg")).rad
-    r_o, r_i = math.radians(0.45), math.radians(0.30)
+    r_o, r_i = math.radians(0.60), math.radians(0.45)
     expected = np.where((theta >= r_i) & (theta <= r_o), 1 / (2 * np.pi * (np.cos(r_i) - np.cos(r_o))), 0.0)
     np.testing.assert_allclose(_eval_spatial(m, pts), expected, rtol=RTOL)
 

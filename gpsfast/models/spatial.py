@@ -231,10 +231,12 @@ def _elliptical_parameters():
 
 
 class GammaLibRingSpatialModel(SpatialModel):
-    r"""GammaLib ``RadialRing``: uniform between ``radius - width`` and ``radius``.
+    r"""GammaLib ``RadialRing``: uniform between ``radius`` and ``radius + width``.
 
     Value :math:`1 / (2\pi(\cos r_i - \cos r_o))` for :math:`r_i \le \theta \le r_o`,
-    with :math:`r_o` = ``radius`` (outer radius) and :math:`r_i` = ``radius - width``.
+    with the inner radius :math:`r_i` = ``radius`` and the outer radius
+    :math:`r_o` = ``radius + width`` (``GModelSpatialRadialRing::theta_min`` /
+    ``theta_max``).
     """
 
     tag = ["GammaLibRingSpatialModel", "gl-ring"]
@@ -245,7 +247,8 @@ class GammaLibRingSpatialModel(SpatialModel):
 
     @property
     def evaluation_radius(self):
-        return self.radius.quantity
+        """Outer radius."""
+        return self.radius.quantity + self.width.quantity
 
     @property
     def evaluation_bin_size_min(self):
@@ -254,8 +257,8 @@ class GammaLibRingSpatialModel(SpatialModel):
     @staticmethod
     def evaluate(lon, lat, lon_0, lat_0, radius, width):
         theta = _theta(lon, lat, lon_0, lat_0)
-        r_out = radius.to_value("rad")
-        r_in = r_out - width.to_value("rad")
+        r_in = radius.to_value("rad")
+        r_out = r_in + width.to_value("rad")
         denom = 2 * np.pi * (np.cos(r_in) - np.cos(r_out))
         norm = 1.0 / denom if denom > 0 else 0.0
         return np.where((theta <= r_out) & (theta >= r_in), norm, 0.0) * u.Unit("sr-1")
@@ -263,8 +266,8 @@ class GammaLibRingSpatialModel(SpatialModel):
     def to_region(self, size_factor=1.0, **kwargs):
         return CircleAnnulusSkyRegion(
             self.position,
-            size_factor * (self.radius.quantity - self.width.quantity),
             size_factor * self.radius.quantity,
+            size_factor * (self.radius.quantity + self.width.quantity),
             **kwargs,
         )
 
