@@ -36,6 +36,9 @@ __all__ = [
 
 #: GammaLib truncates its elliptical Gaussian at this many effective radii.
 ELLIPTICAL_GAUSS_TRUNCATION = 3.0
+#: GammaLib truncates its elliptical generalised Gaussian at this many semi-major axes
+#: (``c_theta_max`` in GModelSpatialEllipticalGeneralGauss.cpp).
+ELLIPTICAL_GENERAL_GAUSS_TRUNCATION = 5.0
 
 
 @functools.lru_cache(maxsize=None)
@@ -351,11 +354,12 @@ class GammaLibEllipticalGaussianSpatialModel(_GammaLibElliptical):
 
 
 class GammaLibEllipticalGeneralGaussianSpatialModel(_GammaLibElliptical):
-    r"""GammaLib ``EllipticalGeneralGaussian``, truncated at 3 semi-major axes.
+    r"""GammaLib ``EllipticalGeneralGaussian``, truncated at 5 semi-major axes.
 
     :math:`\exp(-(\theta / r_{eff})^{1/\eta}) / (2\pi a b \eta \Gamma(2\eta))` for
-    :math:`\theta \le 3a`, zero beyond. gammapy's `GeneralizedGaussianSpatialModel`
-    has the same formula without the truncation.
+    :math:`\theta \le 5a`, zero beyond (``GModelSpatialEllipticalGeneralGauss::eval``
+    and ``theta_max``). gammapy's `GeneralizedGaussianSpatialModel` has the same
+    formula without the truncation.
     """
 
     tag = ["GammaLibEllipticalGeneralGaussianSpatialModel", "gl-egeneralgauss"]
@@ -364,7 +368,7 @@ class GammaLibEllipticalGeneralGaussianSpatialModel(_GammaLibElliptical):
 
     @property
     def evaluation_radius(self):
-        return ELLIPTICAL_GAUSS_TRUNCATION * self.r_0.quantity
+        return ELLIPTICAL_GENERAL_GAUSS_TRUNCATION * self.r_0.quantity
 
     @property
     def evaluation_bin_size_min(self):
@@ -377,7 +381,7 @@ class GammaLibEllipticalGeneralGaussianSpatialModel(_GammaLibElliptical):
         eta = u.Quantity(eta).to_value("")
         denom = 2 * np.pi * a * b * eta * scipy.special.gamma(2 * eta)
         norm = 1.0 / denom if denom > 0 else 0.0
-        inside = theta <= ELLIPTICAL_GAUSS_TRUNCATION * max(a, b)
+        inside = theta <= ELLIPTICAL_GENERAL_GAUSS_TRUNCATION * max(a, b)
         return np.where(inside, norm * np.exp(-((theta / r_eff) ** (1.0 / eta))), 0.0) * u.Unit("sr-1")
 
 

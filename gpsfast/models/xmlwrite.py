@@ -340,7 +340,7 @@ def _write_native_spatial(el, model, name, warn):
         el.set("type", "EllipticalGeneralGaussian")
         _write_ellipse(el, model, model.r_0)
         _write_par(el, "R_Index", model.eta)
-        warn(f"source {name!r}: GammaLib EllipticalGeneralGaussian is cut at 3 semi-major axes")
+        warn(f"source {name!r}: GammaLib EllipticalGeneralGaussian is cut at 5 semi-major axes")
     else:
         return False
     return True
