@@ -101,3 +101,125 @@ def test_elliptical_general_gaussian_flux_within_five_axes(tmp_path):
     total = model.integrate_geom(geom).data.sum()
     assert total == pytest.approx(gammainc(2.0, 5.0), rel=5e-3)
     assert gammainc(2.0, 5.0) - gammainc(2.0, 3.0) > 0.15  # what the old cut at 3 axes lost
+
+
+# ----------------------------------------------------------------- GModelSpatialDiffuseMap.cpp, GSkyMap.cpp
+
+
+def _gammalib_interpolate(image, x, y):
+    """GSkyMap::operator()(GSkyDir) for one position, scalar, from the C++ (no wrap: the test map is small)."""
+    ny, nx = image.shape
+    if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
+        return 0.0
+    inx_x, inx_y = int(x), int(y)
+    if x < 0.0:
+        inx_x -= 1
+    if y < 0.0:
+        inx_y -= 1
+    xl, xr = max(inx_x, 0), min(inx_x + 1, nx - 1)
+    yl, yr = max(inx_y, 0), min(inx_y + 1, ny - 1)
+    wxr, wyr = x - inx_x, y - inx_y
+    wxl, wyl = 1.0 - wxr, 1.0 - wyr
+    return (wxl * wyl * image[yl, xl] + wxl * wyr * image[yr, xl] + wxr * wyl * image[yl, xr]
+            + wxr * wyr * image[yr, xr])
+
+
+def _lhuilier(d1, d2, d3):
+    """Spherical triangle area from its three sky directions (L'Huilier's theorem)."""
+    a, b, c = d2.separation(d3).rad, d1.separation(d3).rad, d1.separation(d2).rad
+    s = 0.5 * (a + b + c)
+    t = math.tan(s / 2) * math.tan((s - a) / 2) * math.tan((s - b) / 2) * math.tan((s - c) / 2)
+    return 4.0 * math.atan(math.sqrt(max(t, 0.0)))
+
+
+def _gammalib_prepare(image, wcs, normalize):
+    """GModelSpatialDiffuseMap::prepare_map with GSkyMap::flux, pixel by pixel as the C++ loops."""
+    image = image.copy()
+    ny, nx = image.shape
+
+    def direction(x, y):
+        lon, lat = wcs.wcs_pix2world([[x, y]], 0)[0]
+        return SkyCoord(lon, lat, unit="deg", frame="galactic")
+
+    total = 0.0
+    for i in range(nx * ny):
+        x, y = i % nx, i // nx
+        offsets = [(-0.5, -0.5), (0, -0.5), (0.5, -0.5), (0.5, 0), (0.5, 0.5), (0, 0.5), (-0.5, 0.5), (-0.5, 0)]
+        centre = direction(x, y)
+        bounds = [direction(x + dx, y + dy) for dx, dy in offsets]
+        i0 = _gammalib_interpolate(image, x, y)
+        ib = [_gammalib_interpolate(image, x + dx, y + dy) for dx, dy in offsets]
+        flux = sum((ib[k] + ib[(k + 1) % 8] + i0) / 3.0 * _lhuilier(bounds[k], bounds[(k + 1) % 8], centre)
+                   for k in range(8))
+        if not (flux >= 0.0) or math.isinf(flux):
+            image[y, x] = 0.0
+            flux = 0.0
+        total += flux
+    if normalize and total > 0:
+        image /= total
+    return image
+
+
+@pytest.fixture
+def odd_map(tmp_path):
+    """A small CAR map at b = 40 deg (pixel solid angles vary by 20 %) with a negative and a NaN pixel."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0.5, 2.0, (7, 9))
+    image[2, 3] = -4.0
+    image[5, 6] = np.nan
+    image[0, 8] = 0.0
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["GLON-CAR", "GLAT-CAR"]
+    wcs.wcs.crval = [20.0, 0.0]
+    wcs.wcs.crpix = [5.0, -76.0]
+    wcs.wcs.cdelt = [-0.5, 0.5]
+    fits.PrimaryHDU(image, header=wcs.to_header()).writeto(tmp_path / "map.fits")
+    return tmp_path / "map.fits", image, wcs
+
+
+@pytest.mark.parametrize("normalize", ["1", "0"])
+def test_diffuse_map_as_gammalib(tmp_path, odd_map, normalize):
+    """prepare_map (bad pixel fluxes zeroed in index order, normalised by the sum of GSkyMap::flux), bilinear
+    interpolation with clamped edges, zero outside [-0.5, n-0.5], times Normalization."""
+    path, image, wcs = odd_map
+    spatial = (f'<spatialModel type="DiffuseMap" file="map.fits" normalize="{normalize}">'
+               + par("Normalization", 2.5) + "</spatialModel>")
+    model = read_xml(write_lib(tmp_path, source(spatial, kind="DiffuseSource")))[0]
+    prepared = _gammalib_prepare(image, wcs, normalize == "1")
+    assert prepared[2, 3] == 0 and prepared[5, 6] == 0
+    assert prepared[5, 5] == 0  # its centre interpolates the NaN pixel on its right: GammaLib zeroes it too
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1.5, image.shape[1] + 0.5, 400)
+    y = rng.uniform(-1.5, image.shape[0] + 0.5, 400)
+    x[:9], y[:9] = np.arange(9.0), 3.0  # pixel centres
+    lon, lat = wcs.wcs_pix2world(x, y, 0)
+    expected = np.array([2.5 * _gammalib_interpolate(prepared, xi, yi) for xi, yi in zip(x, y)])
+    got = model.spatial_model(lon * u.deg, lat * u.deg).to_value("sr-1")
+    assert np.sum(expected == 0) > 20 and np.sum(expected > 0) > 200
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12 * expected.max())
+    assert model.spatial_model.norm.value == 2.5
+
+
+def test_diffuse_map_round_trips(tmp_path, odd_map):
+    """XML -> XML keeps Normalization and normalize="0"; YAML keeps them too (GModelSpatialDiffuseMap::write)."""
+    from gammapy.modeling.models import Models
+
+    from gpsfast.models import write_xml
+
+    spatial = ('<spatialModel type="DiffuseMap" file="map.fits" normalize="0">'
+               + par("Normalization", 2.5, vmin=0.1, vmax=10, free=1) + "</spatialModel>")
+    models = read_xml(write_lib(tmp_path, source(spatial, kind="DiffuseSource")))
+    write_xml(models, tmp_path / "again.xml")
+    text = (tmp_path / "again.xml").read_text()
+    assert 'normalize="0"' in text and 'name="Normalization" value="2.5"' in text
+    models.write(tmp_path / "m.yaml", write_covariance=False)
+    lon, lat = odd_map[2].wcs_pix2world(np.linspace(0, 8, 17), np.full(17, 2.5), 0)
+    reference = models[0].spatial_model(lon * u.deg, lat * u.deg)
+    for back in (read_xml(tmp_path / "again.xml"), Models.read(tmp_path / "m.yaml")):
+        spatial_back = back[0].spatial_model
+        assert type(spatial_back).__name__ == "GammaLibDiffuseMapSpatialModel" and not spatial_back.normalize
+        assert (spatial_back.norm.value, spatial_back.norm.min, spatial_back.norm.frozen) == (2.5, 0.1, False)
+        np.testing.assert_allclose(spatial_back(lon * u.deg, lat * u.deg), reference, rtol=1e-12)

@@ -47,6 +47,7 @@ from .spectral import (
     PowerLawEnergyFluxSpectralModel,
 )
 from .spectral_table import GammaLibTableSpectralModel
+from .diffuse import GammaLibDiffuseMapSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
 from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 from .sersic import GeneralizedGaussianSpatialModel, accelerate_models, restore_gammapy_models
@@ -90,6 +91,7 @@ __all__ = [
     "GammaLibDMEinastoSpatialModel",
     "GammaLibDMZhaoSpatialModel",
     "GammaLibCompositeSpatialModel",
+    "GammaLibDiffuseMapSpatialModel",
     "GammaLibDiskSpatialModel",
     "GammaLibEllipticalDiskSpatialModel",
     "GammaLibEllipticalGaussianSpatialModel",

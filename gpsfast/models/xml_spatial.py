@@ -14,6 +14,7 @@ from gammapy.modeling.models import (
 
 from ..errors import InputError
 from .bulk import build_component
+from .diffuse import GammaLibDiffuseMapSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
 from .spatial import (
     GammaLibCompositeSpatialModel,
@@ -71,25 +72,7 @@ def read_spatial(ctx, el):
         value = p("Value", "Normalization").to_gammapy("value", 1.0, "sr-1")
         return build_component(ConstantSpatialModel, value=value)
     if kind in ("DiffuseMap", "SpatialMap", "DiffuseMapCube", "MapCubeFunction"):
-        path = ctx.resolve(el)
-        norm = p("Normalization", "Prefactor", "Value")
-        normalize = el.get("normalize", "1").strip().lower() in ("1", "true", "yes")
-        if kind in ("DiffuseMapCube", "MapCubeFunction"):
-            normalize = False
-        try:
-            check_fits_file(path, "map")
-            model = TemplateSpatialModel.read(str(path), normalize=normalize)
-        except InputError as exc:
-            raise ctx.error(f"{kind}: {exc}", el) from None
-        except Exception as exc:
-            raise ctx.error(f"{kind}: cannot read map {path} as a gammapy template ({type(exc).__name__}: "
-                            f"{_first_line(exc)})", el) from None
-        if norm.value != 1.0 or norm.free:
-            ctx.warn(
-                f"{kind} Normalization={norm.value} has no gammapy equivalent on TemplateSpatialModel; "
-                "fold it into the spectral model", el
-            )
-        return model
+        return _read_map(ctx, el, kind, p("Normalization", "Prefactor", "Value").to_gammapy("norm"))
     if kind not in SPATIAL_TYPES:
         raise ctx.error(unknown("spatialModel", kind), el)
     if kind == "Composite":
@@ -135,6 +118,27 @@ def read_spatial(ctx, el):
         shape = _ellipse(ctx, p("PA"), p("MajorRadius"), p("MinorRadius"), lon, lat, frame)
         return build_component(cls, **shape, **pos)
     raise ctx.error(unknown("spatialModel", kind), el)
+
+
+def _read_map(ctx, el, kind, norm):
+    """DiffuseMap (GammaLib's preparation, interpolation and Normalization) or a map cube (gammapy template)."""
+    path = ctx.resolve(el)
+    normalize = el.get("normalize", "1").strip().lower() not in ("0", "false")
+    cube = kind in ("DiffuseMapCube", "MapCubeFunction")
+    try:
+        check_fits_file(path, "map")
+        if not cube:
+            return GammaLibDiffuseMapSpatialModel.read(path, normalize=normalize, norm=norm)
+        model = TemplateSpatialModel.read(str(path), normalize=False)
+    except InputError as exc:
+        raise ctx.error(f"{kind}: {exc}", el) from None
+    except Exception as exc:
+        raise ctx.error(f"{kind}: cannot read map {path} as a gammapy template ({type(exc).__name__}: "
+                        f"{_first_line(exc)})", el) from None
+    if norm.value != 1.0 or not norm.frozen:
+        ctx.warn(f"{kind} Normalization={norm.value} has no gammapy equivalent on TemplateSpatialModel; "
+                 "fold it into the spectral model", el)
+    return model
 
 
 def _first_line(exc):

@@ -42,8 +42,8 @@ EllipticalDisk                                     GammaLibEllipticalDiskSpatial
 EllipticalGaussian [EllipticalGauss]               GammaLibEllipticalGaussianSpatialModel* (3 r_eff)
 EllipticalGeneralGaussian                          GammaLibEllipticalGeneralGaussianSpatialModel*
 DiffuseIsotropic [ConstantValue]                   ConstantSpatialModel
-DiffuseMap [SpatialMap], DiffuseMapCube            TemplateSpatialModel
-  [MapCubeFunction]
+DiffuseMap [SpatialMap]                            GammaLibDiffuseMapSpatialModel* (norm, GammaLib pixels)
+DiffuseMapCube [MapCubeFunction]                   TemplateSpatialModel
 Composite                                          GammaLibCompositeSpatialModel* (scale-weighted)
 DMBurkertProfile, DMEinastoProfile, DMZhaoProfile  GammaLibDM{Burkert,Einasto,Zhao}SpatialModel*
 Temporal

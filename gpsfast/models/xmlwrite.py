@@ -61,6 +61,7 @@ from .spectral import (
     PowerLawEnergyFluxSpectralModel,
 )
 from .spectral_table import GammaLibTableSpectralModel
+from .diffuse import GammaLibDiffuseMapSpatialModel
 from .dmprofiles import _GammaLibDMProfile
 from .xmlio import DM_HALO_PARAMETERS, DM_PROFILES
 from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
@@ -394,6 +395,14 @@ def _write_spatial(parent, model, name, warn):
     elif isinstance(model, ConstantSpatialModel):
         el.set("type", "DiffuseIsotropic")
         _write_par(el, "Value", model.value, "sr-1")
+    elif isinstance(model, GammaLibDiffuseMapSpatialModel):
+        el.set("type", "DiffuseMap")
+        if not model.filename:
+            raise InputError(f"source {name!r}: diffuse map has no filename to write")
+        el.set("file", str(model.filename))
+        if not model.normalize:
+            el.set("normalize", "0")
+        _write_par(el, "Normalization", model.norm)
     elif isinstance(model, TemplateSpatialModel):
         el.set("type", "DiffuseMap" if model.map.geom.is_image else "DiffuseMapCube")
         if not model.filename:
