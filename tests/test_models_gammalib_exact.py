@@ -223,3 +223,66 @@ def test_diffuse_map_round_trips(tmp_path, odd_map):
         assert type(spatial_back).__name__ == "GammaLibDiffuseMapSpatialModel" and not spatial_back.normalize
         assert (spatial_back.norm.value, spatial_back.norm.min, spatial_back.norm.frozen) == (2.5, 0.1, False)
         np.testing.assert_allclose(spatial_back(lon * u.deg, lat * u.deg), reference, rtol=1e-12)
+
+
+# ----------------------------------------------------------------- GModelSpatialDiffuseCube.cpp, GNodeArray.cpp
+
+
+def _gammalib_cube_intensity(cube, log10_emev, x, y, log10_e):
+    """cube_intensity: GNodeArray weights on log10(E/MeV) (extrapolating), log-log between the two planes."""
+    n = len(log10_emev)
+    left = 0 if log10_e < log10_emev[0] else n - 2 if log10_e > log10_emev[-1] else max(
+        k for k in range(n - 1) if log10_emev[k] <= log10_e)
+    w_right = (log10_e - log10_emev[left]) / (log10_emev[left + 1] - log10_emev[left])
+    w_left = 1.0 - w_right
+    i_left = _gammalib_interpolate(cube[left], x, y)
+    i_right = _gammalib_interpolate(cube[left + 1], x, y)
+    if i_left > 0 and i_right > 0:
+        return math.exp(w_left * math.log(i_left) + w_right * math.log(i_right))
+    return i_left if i_left > 0 else i_right if i_right > 0 else 0.0
+
+
+def test_map_cube_extrapolated_as_gammalib(tmp_path):
+    """Inside and outside the cube's energy range (GammaLib extrapolates; gammapy's template gives 0)."""
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    rng = np.random.default_rng(8)
+    cube = rng.uniform(0.1, 1.0, (3, 5, 6)) * np.array([1.0, 0.2, 0.03])[:, None, None]
+    cube[1, 2, 2] = 0.0
+    cube[2, 0, :] = -1.0
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [83.6, 22.0]
+    wcs.wcs.crpix = [3.5, 3.0]
+    wcs.wcs.cdelt = [-0.2, 0.2]
+    energies = Table({"Energy": [1.0, 3.0, 10.0]}, meta={"EXTNAME": "ENERGIES"})
+    energies["Energy"].unit = "TeV"
+    fits.HDUList([fits.PrimaryHDU(cube, header=wcs.to_header()), fits.table_to_hdu(energies)]).writeto(
+        tmp_path / "cube.fits")
+    spatial = '<spatialModel type="DiffuseMapCube" file="cube.fits">' + par("Normalization", 1.7) + "</spatialModel>"
+    spectrum = '<spectrum type="Constant">' + par("Normalization", 1.0) + "</spectrum>"
+    model = read_xml(write_lib(tmp_path, source(spatial, spectrum=spectrum, kind="DiffuseSource")))[0]
+    nodes = np.log10([1e6, 3e6, 1e7])
+    x = rng.uniform(-1.0, 6.0, 60)
+    y = rng.uniform(-1.0, 5.0, 60)
+    lon, lat = wcs.wcs_pix2world(x, y, 0)
+    energy_tev = np.array([0.2, 1.0, 2.0, 3.0, 7.0, 10.0, 50.0])
+    got = model.spatial_model(lon[None, :] * u.deg, lat[None, :] * u.deg,
+                              energy=energy_tev[:, None] * u.TeV).to_value("cm-2 s-1 MeV-1 sr-1")
+    expected = np.array([[1.7 * _gammalib_cube_intensity(cube, nodes, xi, yi, math.log10(e * 1e6))
+                          for xi, yi in zip(x, y)] for e in energy_tev])
+    assert np.all(expected[[0, -1]].max(axis=1) > 0)  # extrapolated below 1 TeV and above 10 TeV
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+    assert model.spatial_model.norm.value == 1.7
+    from gammapy.modeling.models import Models
+
+    from gpsfast.models import write_xml
+
+    write_xml([model], tmp_path / "again.xml")
+    Models([model]).write(tmp_path / "m.yaml", write_covariance=False)
+    for back in (read_xml(tmp_path / "again.xml")[0], Models.read(tmp_path / "m.yaml")[0]):
+        assert type(back.spatial_model).__name__ == "GammaLibDiffuseCubeSpatialModel"
+        again = back.spatial_model(lon[None, :] * u.deg, lat[None, :] * u.deg, energy=energy_tev[:, None] * u.TeV)
+        np.testing.assert_allclose(again.to_value("cm-2 s-1 MeV-1 sr-1"), expected, rtol=1e-9, atol=1e-15)

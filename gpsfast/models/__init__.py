@@ -47,7 +47,7 @@ from .spectral import (
     PowerLawEnergyFluxSpectralModel,
 )
 from .spectral_table import GammaLibTableSpectralModel
-from .diffuse import GammaLibDiffuseMapSpatialModel
+from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
 from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 from .sersic import GeneralizedGaussianSpatialModel, accelerate_models, restore_gammapy_models
@@ -91,6 +91,7 @@ __all__ = [
     "GammaLibDMEinastoSpatialModel",
     "GammaLibDMZhaoSpatialModel",
     "GammaLibCompositeSpatialModel",
+    "GammaLibDiffuseCubeSpatialModel",
     "GammaLibDiffuseMapSpatialModel",
     "GammaLibDiskSpatialModel",
     "GammaLibEllipticalDiskSpatialModel",

@@ -9,12 +9,11 @@ from gammapy.modeling.models import (
     ConstantTemporalModel,
     GeneralizedGaussianSpatialModel,
     PointSpatialModel,
-    TemplateSpatialModel,
 )
 
 from ..errors import InputError
 from .bulk import build_component
-from .diffuse import GammaLibDiffuseMapSpatialModel
+from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
 from .spatial import (
     GammaLibCompositeSpatialModel,
@@ -121,24 +120,18 @@ def read_spatial(ctx, el):
 
 
 def _read_map(ctx, el, kind, norm):
-    """DiffuseMap (GammaLib's preparation, interpolation and Normalization) or a map cube (gammapy template)."""
+    """DiffuseMap or DiffuseMapCube, prepared and interpolated as GammaLib does, with Normalization as ``norm``."""
     path = ctx.resolve(el)
-    normalize = el.get("normalize", "1").strip().lower() not in ("0", "false")
-    cube = kind in ("DiffuseMapCube", "MapCubeFunction")
     try:
         check_fits_file(path, "map")
-        if not cube:
-            return GammaLibDiffuseMapSpatialModel.read(path, normalize=normalize, norm=norm)
-        model = TemplateSpatialModel.read(str(path), normalize=False)
+        if kind in ("DiffuseMapCube", "MapCubeFunction"):
+            return GammaLibDiffuseCubeSpatialModel.read(path, norm=norm)
+        normalize = el.get("normalize", "1").strip().lower() not in ("0", "false")
+        return GammaLibDiffuseMapSpatialModel.read(path, normalize=normalize, norm=norm)
     except InputError as exc:
         raise ctx.error(f"{kind}: {exc}", el) from None
     except Exception as exc:
-        raise ctx.error(f"{kind}: cannot read map {path} as a gammapy template ({type(exc).__name__}: "
-                        f"{_first_line(exc)})", el) from None
-    if norm.value != 1.0 or not norm.frozen:
-        ctx.warn(f"{kind} Normalization={norm.value} has no gammapy equivalent on TemplateSpatialModel; "
-                 "fold it into the spectral model", el)
-    return model
+        raise ctx.error(f"{kind}: cannot read map {path} ({type(exc).__name__}: {_first_line(exc)})", el) from None
 
 
 def _first_line(exc):

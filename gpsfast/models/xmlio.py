@@ -43,7 +43,7 @@ EllipticalGaussian [EllipticalGauss]               GammaLibEllipticalGaussianSpa
 EllipticalGeneralGaussian                          GammaLibEllipticalGeneralGaussianSpatialModel*
 DiffuseIsotropic [ConstantValue]                   ConstantSpatialModel
 DiffuseMap [SpatialMap]                            GammaLibDiffuseMapSpatialModel* (norm, GammaLib pixels)
-DiffuseMapCube [MapCubeFunction]                   TemplateSpatialModel
+DiffuseMapCube [MapCubeFunction]                   GammaLibDiffuseCubeSpatialModel* (extrapolated in E)
 Composite                                          GammaLibCompositeSpatialModel* (scale-weighted)
 DMBurkertProfile, DMEinastoProfile, DMZhaoProfile  GammaLibDM{Burkert,Einasto,Zhao}SpatialModel*
 Temporal

@@ -61,7 +61,7 @@ from .spectral import (
     PowerLawEnergyFluxSpectralModel,
 )
 from .spectral_table import GammaLibTableSpectralModel
-from .diffuse import GammaLibDiffuseMapSpatialModel
+from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
 from .dmprofiles import _GammaLibDMProfile
 from .xmlio import DM_HALO_PARAMETERS, DM_PROFILES
 from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
@@ -402,6 +402,12 @@ def _write_spatial(parent, model, name, warn):
         el.set("file", str(model.filename))
         if not model.normalize:
             el.set("normalize", "0")
+        _write_par(el, "Normalization", model.norm)
+    elif isinstance(model, GammaLibDiffuseCubeSpatialModel):
+        el.set("type", "DiffuseMapCube")
+        if not model.filename:
+            raise InputError(f"source {name!r}: map cube has no filename to write")
+        el.set("file", str(model.filename))
         _write_par(el, "Normalization", model.norm)
     elif isinstance(model, TemplateSpatialModel):
         el.set("type", "DiffuseMap" if model.map.geom.is_image else "DiffuseMapCube")
