@@ -286,3 +286,31 @@ def test_map_cube_extrapolated_as_gammalib(tmp_path):
         assert type(back.spatial_model).__name__ == "GammaLibDiffuseCubeSpatialModel"
         again = back.spatial_model(lon[None, :] * u.deg, lat[None, :] * u.deg, energy=energy_tev[:, None] * u.TeV)
         np.testing.assert_allclose(again.to_value("cm-2 s-1 MeV-1 sr-1"), expected, rtol=1e-9, atol=1e-15)
+
+
+# ----------------------------------------------------------------- GModelTemporalConst.cpp
+
+
+def test_temporal_constant_normalization_folded(tmp_path):
+    """GModelTemporalConst::eval returns m_norm (Normalization): it scales the source, not dropped."""
+    from astropy.time import Time
+    from gammapy.modeling.models import ConstantTemporalModel
+
+    from gpsfast.models import write_xml
+
+    gauss = radial("RadialGaussian", par("Sigma", 0.2))
+    temporal = '<temporal type="Constant">' + par("Normalization", 0.5, free=1) + "</temporal>"
+    plain = '<temporal type="Constant">' + par("Normalization", 1.0, free=0) + "</temporal>"
+    models = read_xml(write_lib(tmp_path, source(gauss, temporal=temporal, name="half"),
+                                source(gauss, temporal=plain, name="one")))
+    times = Time([51544.5, 55000.0, 60000.0], format="mjd", scale="tt")
+    np.testing.assert_array_equal(models["half"].temporal_model(times).to_value(""), [0.5, 0.5, 0.5])
+    assert type(models["one"].temporal_model) is ConstantTemporalModel
+    energy = [0.1, 1.0, 10.0] * u.TeV
+    flux = models["half"].evaluate(83.7 * u.deg, 22.0 * u.deg, energy, time=times[:1])
+    reference = models["one"].evaluate(83.7 * u.deg, 22.0 * u.deg, energy, time=times[:1])
+    assert np.all(reference.value > 0)
+    np.testing.assert_allclose(flux.value, 0.5 * reference.value, rtol=1e-12)
+    write_xml(models, tmp_path / "again.xml")
+    back = read_xml(tmp_path / "again.xml")
+    assert back["half"].temporal_model.norm.value == 0.5 and not back["half"].temporal_model.norm.frozen

@@ -49,7 +49,7 @@ from .spectral import (
 from .spectral_table import GammaLibTableSpectralModel
 from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
-from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
+from .temporal import GammaLibConstantTemporalModel, GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 from .sersic import GeneralizedGaussianSpatialModel, accelerate_models, restore_gammapy_models
 from .catalog import (
     FLAG_OTHER_AT_BOUND,
@@ -100,6 +100,7 @@ __all__ = [
     "GammaLibRingSpatialModel",
     "GammaLibGaussianSpatialModel",
     "GammaLibShellSpatialModel",
+    "GammaLibConstantTemporalModel",
     "GammaLibLightCurveTemporalModel",
     "GammaLibPhaseCurveTemporalModel",
 ]

@@ -12,11 +12,40 @@ from astropy.table import Table
 from astropy.time import Time
 from gammapy.modeling import Parameter
 from gammapy.modeling.models.core import _build_parameters_from_dict
-from gammapy.modeling.models import TEMPORAL_MODEL_REGISTRY, TemplatePhaseCurveTemporalModel, TemporalModel
+from gammapy.modeling.models import (
+    TEMPORAL_MODEL_REGISTRY,
+    ConstantTemporalModel,
+    TemplatePhaseCurveTemporalModel,
+    TemporalModel,
+)
 
 from ..errors import InputError
 
-__all__ = ["GammaLibPhaseCurveTemporalModel", "GammaLibLightCurveTemporalModel", "gammalib_phase_nodes"]
+__all__ = [
+    "GammaLibConstantTemporalModel",
+    "GammaLibPhaseCurveTemporalModel",
+    "GammaLibLightCurveTemporalModel",
+    "gammalib_phase_nodes",
+]
+
+
+class GammaLibConstantTemporalModel(ConstantTemporalModel):
+    """GammaLib temporal ``Constant`` (``GModelTemporalConst::eval``): the value is ``norm``.
+
+    gammapy's `~gammapy.modeling.models.ConstantTemporalModel` is 1; GammaLib's
+    ``Normalization`` multiplies the source flux.
+    """
+
+    tag = ["GammaLibConstantTemporalModel", "gl-const"]
+    norm = Parameter("norm", 1.0, unit="", frozen=True)
+
+    @staticmethod
+    def evaluate(time, norm):
+        return np.ones(np.shape(time)) * u.Quantity(norm).to_value("") * u.one
+
+    def integral(self, t_min, t_max):
+        """Integrated norm over the time intervals (``norm`` times gammapy's constant)."""
+        return self.norm.value * super().integral(t_min, t_max)
 
 
 def gammalib_phase_nodes(phase, norm, normalize=True):
@@ -203,6 +232,6 @@ class GammaLibLightCurveTemporalModel(TemporalModel):
         return cls(temporal["filename"], norm=pars["norm"], scale=temporal.get("scale", "tt"))
 
 
-for _cls in (GammaLibPhaseCurveTemporalModel, GammaLibLightCurveTemporalModel):
+for _cls in (GammaLibConstantTemporalModel, GammaLibPhaseCurveTemporalModel, GammaLibLightCurveTemporalModel):
     if _cls not in TEMPORAL_MODEL_REGISTRY:
         TEMPORAL_MODEL_REGISTRY.append(_cls)

@@ -26,7 +26,11 @@ from .spatial import (
     GammaLibShellSpatialModel,
     pa_to_phi,
 )
-from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
+from .temporal import (
+    GammaLibConstantTemporalModel,
+    GammaLibLightCurveTemporalModel,
+    GammaLibPhaseCurveTemporalModel,
+)
 from .xmlfiles import check_fits_file
 from .xml_common import SPATIAL_TYPES, XmlPar, parse_pars, pick, unknown
 
@@ -220,9 +224,9 @@ def read_temporal(ctx, el):
     p = functools.partial(pick, ctx, el, pars)
     if kind == "Constant":
         norm = p("Normalization")
-        if norm.value != 1.0 or norm.free:
-            ctx.warn(f"temporal Constant Normalization={norm.value} dropped (gammapy's constant is 1)", el)
-        return ConstantTemporalModel()
+        if norm.value == 1.0 and not norm.free:
+            return ConstantTemporalModel()
+        return build_component(GammaLibConstantTemporalModel, norm=norm.to_gammapy("norm"))
     if kind not in ("PhaseCurve", "LightCurve"):
         raise ctx.error(unknown("temporal", kind), el)
     path = ctx.resolve(el)

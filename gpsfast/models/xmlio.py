@@ -47,7 +47,8 @@ DiffuseMapCube [MapCubeFunction]                   GammaLibDiffuseCubeSpatialMod
 Composite                                          GammaLibCompositeSpatialModel* (scale-weighted)
 DMBurkertProfile, DMEinastoProfile, DMZhaoProfile  GammaLibDM{Burkert,Einasto,Zhao}SpatialModel*
 Temporal
-Constant                                           ConstantTemporalModel
+Constant                                           ConstantTemporalModel (GammaLibConstantTemporalModel*
+                                                   when Normalization is not a fixed 1)
 PhaseCurve                                         GammaLibPhaseCurveTemporalModel* (TT)
 LightCurve                                         GammaLibLightCurveTemporalModel* (TT)
 Background

@@ -64,7 +64,7 @@ from .spectral_table import GammaLibTableSpectralModel
 from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
 from .dmprofiles import _GammaLibDMProfile
 from .xmlio import DM_HALO_PARAMETERS, DM_PROFILES
-from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
+from .temporal import GammaLibConstantTemporalModel, GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 
 __all__ = ["write_xml"]
 
@@ -440,7 +440,10 @@ def _write_dm_profile(el, model):
 
 def _write_temporal(parent, model, name, warn):
     el = SubElement(parent, "temporal")
-    if isinstance(model, ConstantTemporalModel):
+    if isinstance(model, GammaLibConstantTemporalModel):
+        el.set("type", "Constant")
+        _write_par(el, "Normalization", model.norm)
+    elif isinstance(model, ConstantTemporalModel):
         el.set("type", "Constant")
         _par_el(el, "Normalization", 1.0, vmin=0.0, vmax=1000.0)
     elif isinstance(model, GammaLibPhaseCurveTemporalModel):
