@@ -314,3 +314,26 @@ def test_temporal_constant_normalization_folded(tmp_path):
     write_xml(models, tmp_path / "again.xml")
     back = read_xml(tmp_path / "again.xml")
     assert back["half"].temporal_model.norm.value == 0.5 and not back["half"].temporal_model.norm.frozen
+
+
+# ----------------------------------------------------------------- GModelSpectralPlawPhotonFlux.cpp, GModelSpectralPlaw2.cpp
+
+
+@pytest.mark.parametrize("kind,flux_name", [("PowerLaw", "PhotonFlux"), ("PowerLaw2", "Integral")])
+@pytest.mark.parametrize("index", [-1.0, -2.3, -0.7])
+def test_photon_flux_power_law_including_index_minus_one(tmp_path, kind, flux_name, index):
+    """eval: F (g+1) / (Emax^(g+1) - Emin^(g+1)) E^g, and F / (ln Emax - ln Emin) E^-1 for g = -1 (MeV)."""
+    spectrum = (f'<spectrum type="{kind}">' + par(flux_name, 3.0, 1e-9) + par("Index", index)
+                + par("LowerLimit", 1e5, free=0) + par("UpperLimit", 1e8, free=0) + "</spectrum>")
+    point = '<spatialModel type="PointSource">' + par("RA", 83.6331) + par("DEC", 22.0145) + "</spatialModel>"
+    model = read_xml(write_lib(tmp_path, source(point, spectrum=spectrum, kind="PointSource")))[0].spectral_model
+    e_mev = np.geomspace(1e4, 1e9, 23)
+    if index == -1.0:
+        expected = 3e-9 / (math.log(1e8) - math.log(1e5)) * e_mev**-1.0
+        band = 3e-9 * (math.log(1e7) - math.log(1e6)) / (math.log(1e8) - math.log(1e5))
+    else:
+        g = index + 1.0
+        expected = 3e-9 * g / (1e8**g - 1e5**g) * e_mev**index
+        band = 3e-9 * (1e7**g - 1e6**g) / (1e8**g - 1e5**g)
+    np.testing.assert_allclose(model(e_mev * u.MeV).to_value("cm-2 s-1 MeV-1"), expected, rtol=RTOL)
+    assert model.integral(1 * u.TeV, 10 * u.TeV).to_value("cm-2 s-1") == pytest.approx(band, rel=1e-9)

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import astropy.units as u
 from gammapy.modeling import Parameter, Parameters
-from gammapy.modeling.models import SPECTRAL_MODEL_REGISTRY, SpectralModel
+from gammapy.modeling.models import SPECTRAL_MODEL_REGISTRY, PowerLaw2SpectralModel, SpectralModel
 from gammapy.modeling.models.core import _build_parameters_from_dict
 
 from ..errors import InputError
 
 __all__ = [
+    "GammaLibPowerLaw2SpectralModel",
     "BinFunctionSpectralModel",
     "NodeFunctionSpectralModel",
     "PowerLawEnergyFluxSpectralModel",
@@ -194,6 +195,35 @@ class PowerLawEnergyFluxSpectralModel(SpectralModel):
         return norm * np.power(e, gamma) * u.Unit(f"cm-2 s-1 {e_unit}-1")
 
 
+class GammaLibPowerLaw2SpectralModel(PowerLaw2SpectralModel):
+    r"""GammaLib ``PowerLaw`` in its photon-flux form (``GModelSpectralPlawPhotonFlux``), index 1 included.
+
+    .. math::
+        \phi(E) = F \frac{1 - \Gamma}{E_{max}^{1-\Gamma} - E_{min}^{1-\Gamma}} E^{-\Gamma}
+        \quad (\Gamma \ne 1), \qquad
+        \phi(E) = \frac{F}{\ln(E_{max}/E_{min})} E^{-1} \quad (\Gamma = 1)
+
+    gammapy's `~gammapy.modeling.models.PowerLaw2SpectralModel` divides 0 by 0 at
+    :math:`\Gamma = 1` (GammaLib's ``Index = -1``).
+    """
+
+    tag = ["GammaLibPowerLaw2SpectralModel", "gl-pl2"]
+    amplitude, index, emin, emax = (PowerLaw2SpectralModel.default_parameters[name].copy()
+                                    for name in ("amplitude", "index", "emin", "emax"))
+
+    @staticmethod
+    def evaluate(energy, amplitude, index, emin, emax):
+        if u.Quantity(index).to_value("") == 1.0:
+            return amplitude / np.log((emax / emin).to_value("")) / energy
+        return PowerLaw2SpectralModel.evaluate(energy, amplitude, index, emin, emax)
+
+    @staticmethod
+    def evaluate_integral(energy_min, energy_max, amplitude, index, emin, emax):
+        if u.Quantity(index).to_value("") == 1.0:
+            return amplitude * np.log((energy_max / energy_min).to_value("")) / np.log((emax / emin).to_value(""))
+        return PowerLaw2SpectralModel.evaluate_integral(energy_min, energy_max, amplitude, index, emin, emax)
+
+
 class GammaLibSmoothBrokenPowerLawSpectralModel(SpectralModel):
     r"""GammaLib ``SmoothBrokenPowerLaw``.
 
@@ -370,6 +400,7 @@ class ExponentialSpectralModel(SpectralModel):
 
 
 for _cls in (
+    GammaLibPowerLaw2SpectralModel,
     BinFunctionSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,

@@ -11,7 +11,6 @@ from gammapy.modeling.models import (
     ExpCutoffPowerLawSpectralModel,
     GaussianSpectralModel,
     LogParabolaSpectralModel,
-    PowerLaw2SpectralModel,
     PowerLawSpectralModel,
 )
 
@@ -21,6 +20,7 @@ from .spectral import (
     BinFunctionSpectralModel,
     ExponentialSpectralModel,
     FileFunctionSpectralModel,
+    GammaLibPowerLaw2SpectralModel,
     GammaLibSmoothBrokenPowerLawSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,
@@ -63,7 +63,7 @@ def read_spectral(ctx, el, physical=True):
     p = functools.partial(pick, ctx, el, pars)
     if kind in ("PowerLaw", "PowerLaw2"):
         if "PhotonFlux" in pars or "Integral" in pars or kind == "PowerLaw2":
-            return build_component(PowerLaw2SpectralModel,
+            return build_component(GammaLibPowerLaw2SpectralModel,
                 amplitude=_amplitude(p("PhotonFlux", "Integral"), "amplitude", physical, "cm-2 s-1", 1.0),
                 index=_index(p("Index"), "index"),
                 emin=_energy(p("LowerLimit"), "emin"),

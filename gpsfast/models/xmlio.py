@@ -15,7 +15,7 @@ class reproducing GammaLib's formula where gammapy's differs):
 =================================================  ==============================================
 Spectral
 PowerLaw [Prefactor/PivotEnergy|Scale]             PowerLawSpectralModel
-PowerLaw [PhotonFlux], PowerLaw2 [Integral]        PowerLaw2SpectralModel
+PowerLaw [PhotonFlux], PowerLaw2 [Integral]        GammaLibPowerLaw2SpectralModel* (Index -1 too)
 PowerLaw [EnergyFlux]                              PowerLawEnergyFluxSpectralModel*
 ExponentialCutoffPowerLaw [ExpCutoff]              ExpCutoffPowerLawSpectralModel (lambda_=1/Ecut)
   (InverseCutoffEnergy)                            ExpCutoffPowerLawSpectralModel (lambda_)
