@@ -337,3 +337,22 @@ def test_photon_flux_power_law_including_index_minus_one(tmp_path, kind, flux_na
         band = 3e-9 * (1e7**g - 1e6**g) / (1e8**g - 1e5**g)
     np.testing.assert_allclose(model(e_mev * u.MeV).to_value("cm-2 s-1 MeV-1"), expected, rtol=RTOL)
     assert model.integral(1 * u.TeV, 10 * u.TeV).to_value("cm-2 s-1") == pytest.approx(band, rel=1e-9)
+
+
+def test_map_with_cunit_degrees(tmp_path, odd_map):
+    """GammaLib reads CDELT/CRVAL in degrees whatever CUNIT says; wcslib refuses 'Degrees'."""
+    from astropy.io import fits
+
+    path, image, wcs = odd_map
+    header = wcs.to_header()
+    header["CUNIT1"], header["CUNIT2"] = "Degrees", "DEGREES"
+    fits.PrimaryHDU(image, header=header).writeto(tmp_path / "degrees.fits")
+    maps = [f'<spatialModel type="DiffuseMap" file="{name}">' + par("Normalization", 1.0) + "</spatialModel>"
+            for name in ("map.fits", "degrees.fits")]
+    models = read_xml(write_lib(tmp_path, source(maps[0], kind="DiffuseSource", name="deg"),
+                                source(maps[1], kind="DiffuseSource", name="Degrees")))
+    np.testing.assert_array_equal(models["Degrees"].spatial_model.map.data, models["deg"].spatial_model.map.data)
+    header["CUNIT1"] = "arcmin"
+    fits.PrimaryHDU(image, header=header).writeto(tmp_path / "arcmin.fits")
+    with pytest.raises(Exception, match=r"arcmin\.fits: CUNIT1='arcmin': the sky axes of a GammaLib map are in deg"):
+        read_xml(write_lib(tmp_path, source(maps[0].replace("map.fits", "arcmin.fits"), kind="DiffuseSource")))

@@ -198,8 +198,30 @@ def prepare_gammalib_map(image, wcs, normalize=True):
     return image, total
 
 
+#: Spellings of the degree in ``CUNITn`` that GammaLib accepts (it reads CDELT/CRVAL in degrees) and wcslib refuses.
+_DEGREE_SPELLINGS = ("degrees", "degree", "degs", "deg")
+
+
+def _fix_celestial_units(header, path):
+    """Header with ``CUNITn = 'Degrees'`` (and other spellings of the degree) as ``'deg'`` for the sky axes."""
+    for axis in (1, 2):
+        key = f"CUNIT{axis}"
+        value = header.get(key)
+        if value is None:
+            continue
+        text = str(value).strip()
+        if text.lower() in _DEGREE_SPELLINGS:
+            header[key] = "deg"
+        elif text:
+            raise InputError(f"{path}: {key}={text!r}: the sky axes of a GammaLib map are in degrees")
+    return header
+
+
 def read_gammalib_map(path):
     """The first sky map of a FITS file, as GammaLib's ``GSkyMap::load`` picks it.
+
+    ``CUNIT1/2 = 'Degrees'`` (or another spelling of the degree), which GammaLib
+    reads and astropy's WCS refuses, is read as ``deg``.
 
     Returns
     -------
@@ -222,7 +244,9 @@ def read_gammalib_map(path):
                 if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.header.get("NAXIS", 0) >= 2 \
                         and hdu.data is not None:
                     data = np.asarray(hdu.data, dtype=float)
-                    return data.reshape((-1,) + data.shape[-2:]), hdu.header.copy()
+                    return data.reshape((-1,) + data.shape[-2:]), _fix_celestial_units(hdu.header.copy(), path)
+    except InputError:
+        raise
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"{path}: cannot read the sky map ({type(exc).__name__})") from None
     raise InputError(f"{path}: no image HDU with two or more axes (a GammaLib sky map)")
