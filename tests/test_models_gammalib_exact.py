@@ -356,3 +356,28 @@ def test_map_with_cunit_degrees(tmp_path, odd_map):
     fits.PrimaryHDU(image, header=header).writeto(tmp_path / "arcmin.fits")
     with pytest.raises(Exception, match=r"arcmin\.fits: CUNIT1='arcmin': the sky axes of a GammaLib map are in deg"):
         read_xml(write_lib(tmp_path, source(maps[0].replace("map.fits", "arcmin.fits"), kind="DiffuseSource")))
+
+
+# ----------------------------------------------------------------- FITS file names (GFits / cfitsio)
+
+
+def test_gz_fallback_for_maps_cubes_and_curves(tmp_path, odd_map):
+    """file="x.fits" reads x.fits.gz when x.fits is absent, as GammaLib's FITS layer does (the ctools test
+    models name model_map.fits for model_map.fits.gz)."""
+    import gzip
+    import shutil
+
+    from astropy.table import Table
+
+    path, _, _ = odd_map
+    Table({"TIME": [0.0, 100.0], "NORM": [1.0, 2.0]}, meta={"MJDREFI": 51544, "MJDREFF": 0.5}).write(
+        tmp_path / "lc.fits")
+    for name in ("map.fits", "lc.fits"):
+        with open(tmp_path / name, "rb") as raw, gzip.open(tmp_path / f"{name}.gz", "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+        (tmp_path / name).unlink()
+    spatial = '<spatialModel type="DiffuseMap" file="map.fits">' + par("Normalization", 1.0) + "</spatialModel>"
+    temporal = '<temporal type="LightCurve" file="lc.fits">' + par("Normalization", 1.0) + "</temporal>"
+    model = read_xml(write_lib(tmp_path, source(spatial, temporal=temporal, kind="DiffuseSource")))[0]
+    assert model.spatial_model.filename.endswith("map.fits.gz") and model.temporal_model.filename.endswith(".gz")
+    assert model.spatial_model.total_flux > 0

@@ -125,7 +125,7 @@ def read_spatial(ctx, el):
 
 def _read_map(ctx, el, kind, norm):
     """DiffuseMap or DiffuseMapCube, prepared and interpolated as GammaLib does, with Normalization as ``norm``."""
-    path = ctx.resolve(el)
+    path = ctx.resolve(el, gz=True)
     try:
         check_fits_file(path, "map")
         if kind in ("DiffuseMapCube", "MapCubeFunction"):
@@ -229,7 +229,7 @@ def read_temporal(ctx, el):
         return build_component(GammaLibConstantTemporalModel, norm=norm.to_gammapy("norm"))
     if kind not in ("PhaseCurve", "LightCurve"):
         raise ctx.error(unknown("temporal", kind), el)
-    path = ctx.resolve(el)
+    path = ctx.resolve(el, gz=True)
     try:
         check_fits_file(path, f"{kind} file")
         if kind == "LightCurve":
