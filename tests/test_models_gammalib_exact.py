@@ -381,3 +381,34 @@ def test_gz_fallback_for_maps_cubes_and_curves(tmp_path, odd_map):
     model = read_xml(write_lib(tmp_path, source(spatial, temporal=temporal, kind="DiffuseSource")))[0]
     assert model.spatial_model.filename.endswith("map.fits.gz") and model.temporal_model.filename.endswith(".gz")
     assert model.spatial_model.total_flux > 0
+
+
+# ----------------------------------------------------------------- GModelSpatialRadialProfile(Gauss).cpp
+
+
+def test_gaussian_profile_tabulated_as_gammalib(tmp_path):
+    """profile_value = exp(-t^2/2s^2)/(2 pi s^2) on nodes j*dr (j < 100, dr = 5 sigma / 100), normalised by
+    2 pi sum(value sin(r) dr), interpolated linearly (extrapolated past the last node), negative -> 0."""
+    sigma_deg = 0.3
+    model = read_xml(write_lib(tmp_path, source(radial("GaussianProfile", par("Sigma", sigma_deg)))))[0]
+    _, pts, theta = points_around(83.6331, 22.0145, 1.8)
+    s = math.radians(sigma_deg)
+    dr = 5 * s / 100
+    nodes = [j * dr for j in range(100)]
+    values = [math.exp(-0.5 * r * r / (s * s)) / (2 * math.pi * s * s) for r in nodes]
+    norm = 2 * math.pi * sum(v * math.sin(r) * dr for v, r in zip(values, nodes))
+    values = [v / norm for v in values]
+
+    def gammalib(t):
+        left = min(int(t / dr), 98)
+        w = (t - nodes[left]) / dr
+        return max((1 - w) * values[left] + w * values[left + 1], 0.0)
+
+    expected = np.array([gammalib(t) for t in theta])
+    assert np.sum(theta > 99 * dr) > 50 and np.sum(expected == 0) > 10  # extrapolated, then clipped
+    np.testing.assert_allclose(evaluate(model, pts), expected, rtol=RTOL, atol=1e-300)
+    from gpsfast.models import write_xml
+
+    write_xml([model], tmp_path / "again.xml")
+    assert 'type="GaussianProfile"' in (tmp_path / "again.xml").read_text()
+    np.testing.assert_allclose(evaluate(read_xml(tmp_path / "again.xml")[0], pts), expected, rtol=RTOL, atol=1e-300)

@@ -49,6 +49,7 @@ from .spectral import (
 )
 from .spectral_table import GammaLibTableSpectralModel
 from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
+from .profiles import GammaLibGaussianProfileSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
 from .temporal import GammaLibConstantTemporalModel, GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 from .sersic import GeneralizedGaussianSpatialModel, accelerate_models, restore_gammapy_models
@@ -101,6 +102,7 @@ __all__ = [
     "GammaLibEllipticalGeneralGaussianSpatialModel",
     "GammaLibRingSpatialModel",
     "GammaLibGaussianSpatialModel",
+    "GammaLibGaussianProfileSpatialModel",
     "GammaLibShellSpatialModel",
     "GammaLibConstantTemporalModel",
     "GammaLibLightCurveTemporalModel",

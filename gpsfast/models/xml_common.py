@@ -66,6 +66,7 @@ SPATIAL_TYPES = (
     "EllipticalGauss",
     "RadialRing",
     "RadialGeneralGaussian",
+    "GaussianProfile",
     "EllipticalGeneralGaussian",
     "DiffuseIsotropic",
     "ConstantValue",

@@ -14,6 +14,7 @@ from gammapy.modeling.models import (
 from ..errors import InputError
 from .bulk import build_component
 from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
+from .profiles import GammaLibGaussianProfileSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
 from .spatial import (
     GammaLibCompositeSpatialModel,
@@ -89,6 +90,9 @@ def read_spatial(ctx, el):
         return build_component(PointSpatialModel, **pos)
     if kind in ("RadialDisk", "DiskFunction"):
         return build_component(GammaLibDiskSpatialModel, r_0=p("Radius").to_gammapy("r_0", 1.0, "deg"), **pos)
+    if kind == "GaussianProfile":
+        sigma = p("Sigma").to_gammapy("sigma", 1.0, "deg")
+        return build_component(GammaLibGaussianProfileSpatialModel, sigma=sigma, **pos)
     if kind in ("RadialGaussian", "GaussFunction"):
         sigma = p("Sigma").to_gammapy("sigma", 1.0, "deg")
         return build_component(GammaLibGaussianSpatialModel, sigma=sigma, **pos)

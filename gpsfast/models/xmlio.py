@@ -38,6 +38,7 @@ RadialGaussian [GaussFunction]                     GammaLibGaussianSpatialModel*
 RadialShell [ShellFunction]                        GammaLibShellSpatialModel*
 RadialRing                                         GammaLibRingSpatialModel*
 RadialGeneralGaussian                              GeneralizedGaussianSpatialModel (e=0)
+GaussianProfile                                    GammaLibGaussianProfileSpatialModel* (100-node table)
 EllipticalDisk                                     GammaLibEllipticalDiskSpatialModel*
 EllipticalGaussian [EllipticalGauss]               GammaLibEllipticalGaussianSpatialModel* (3 r_eff)
 EllipticalGeneralGaussian                          GammaLibEllipticalGeneralGaussianSpatialModel*

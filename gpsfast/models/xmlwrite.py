@@ -63,6 +63,7 @@ from .spectral import (
 from .spectral_table import GammaLibTableSpectralModel
 from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
 from .dmprofiles import _GammaLibDMProfile
+from .profiles import GammaLibGaussianProfileSpatialModel
 from .xmlio import DM_HALO_PARAMETERS, DM_PROFILES
 from .temporal import GammaLibConstantTemporalModel, GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 
@@ -358,6 +359,10 @@ def _write_spatial(parent, model, name, warn):
         _write_par(el, "Radius", model.r_0, "deg")
     elif isinstance(model, GammaLibGaussianSpatialModel):
         el.set("type", "RadialGaussian")
+        _write_position(el, model)
+        _write_par(el, "Sigma", model.sigma, "deg")
+    elif isinstance(model, GammaLibGaussianProfileSpatialModel):
+        el.set("type", "GaussianProfile")
         _write_position(el, model)
         _write_par(el, "Sigma", model.sigma, "deg")
     elif isinstance(model, GammaLibShellSpatialModel):
