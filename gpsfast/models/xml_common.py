@@ -230,7 +230,7 @@ def parse_par(ctx, el):
     if value < lo or value > hi:
         ctx.warn(f"parameter {name!r}: value={value:g} is outside [min, max] = [{lo:g}, {hi:g}] "
                  "(GammaLib refuses this; kept as given)", el)
-    free = el.get("free", "0").strip().lower() in ("1", "true", "yes")
+    free = el.get("free", "0").strip().lower() in ("1", "true")  # GModelPar::read
     return XmlPar(name, value, error, lo, hi, free)
 
 
