@@ -412,3 +412,18 @@ def test_gaussian_profile_tabulated_as_gammalib(tmp_path):
     write_xml([model], tmp_path / "again.xml")
     assert 'type="GaussianProfile"' in (tmp_path / "again.xml").read_text()
     np.testing.assert_allclose(evaluate(read_xml(tmp_path / "again.xml")[0], pts), expected, rtol=RTOL, atol=1e-300)
+
+
+def test_gammapy_template_written_with_normalize(tmp_path, odd_map):
+    """A gammapy TemplateSpatialModel that is not normalised keeps normalize="0" in the XML written."""
+    from gammapy.modeling.models import PowerLawSpectralModel, SkyModel, TemplateSpatialModel
+
+    from gpsfast.models import write_xml
+
+    path, _, _ = odd_map
+    for normalize, expected in ((False, 'normalize="0"'), (True, None)):
+        template = TemplateSpatialModel.read(str(path), normalize=normalize)
+        write_xml([SkyModel(PowerLawSpectralModel(), template, name="t")], tmp_path / "t.xml", overwrite=True)
+        text = (tmp_path / "t.xml").read_text()
+        assert (expected in text) if expected else ("normalize" not in text)
+        assert read_xml(tmp_path / "t.xml")[0].spatial_model.normalize is normalize

@@ -419,6 +419,8 @@ def _write_spatial(parent, model, name, warn):
         if not model.filename:
             raise InputError(f"source {name!r}: template spatial model has no filename to write")
         el.set("file", str(model.filename))
+        if model.map.geom.is_image and not model.normalize:
+            el.set("normalize", "0")
         _par_el(el, "Normalization", 1.0, vmin=0.001, vmax=1000.0)
     else:
         raise InputError(
