@@ -427,3 +427,29 @@ def test_gammapy_template_written_with_normalize(tmp_path, odd_map):
         text = (tmp_path / "t.xml").read_text()
         assert (expected in text) if expected else ("normalize" not in text)
         assert read_xml(tmp_path / "t.xml")[0].spatial_model.normalize is normalize
+
+
+# ----------------------------------------------------------------- writing (GModelSpectralSuperExpPlaw::write)
+
+
+def test_super_exponential_cutoff_written_as_such(tmp_path):
+    """Index2 = 1 fixed with bounds stays a SuperExponentialCutoffPowerLaw (type, Index2 and its bounds)."""
+    from gammapy.modeling.models import ExpCutoffPowerLawSpectralModel, PointSpatialModel, SkyModel
+
+    from gpsfast.models import write_xml
+
+    spectrum = ('<spectrum type="SuperExponentialCutoffPowerLaw">' + par("Prefactor", 1.0, 1e-16)
+                + par("Index1", -2.0) + par("CutoffEnergy", 1.0, 1e6) + par("PivotEnergy", 1.0, 1e6, free=0)
+                + par("Index2", 1.0, 1, 0.5, 2.0, free=0) + "</spectrum>")
+    point = '<spatialModel type="PointSource">' + par("RA", 83.6331) + par("DEC", 22.0145) + "</spatialModel>"
+    models = read_xml(write_lib(tmp_path, source(point, spectrum=spectrum, kind="PointSource")))
+    plain = SkyModel(ExpCutoffPowerLawSpectralModel(), PointSpatialModel(), name="plain")
+    write_xml(list(models) + [plain], tmp_path / "again.xml")
+    text = (tmp_path / "again.xml").read_text()
+    assert text.count('type="SuperExponentialCutoffPowerLaw"') == 1 and 'type="ExponentialCutoffPowerLaw"' in text
+    back = read_xml(tmp_path / "again.xml")
+    alpha = back["Src"].spectral_model.alpha
+    assert (alpha.value, alpha.min, alpha.max, alpha.frozen) == (1.0, 0.5, 2.0, True)
+    energy = np.geomspace(0.1, 100, 7) * u.TeV
+    np.testing.assert_allclose(back["Src"].spectral_model(energy).value, models["Src"].spectral_model(energy).value,
+                               rtol=1e-12)

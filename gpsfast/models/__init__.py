@@ -44,6 +44,7 @@ from .spectral import (
     FileFunctionSpectralModel,
     GammaLibPowerLaw2SpectralModel,
     GammaLibSmoothBrokenPowerLawSpectralModel,
+    GammaLibSuperExpCutoffPowerLawSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "FileFunctionSpectralModel",
     "GammaLibPowerLaw2SpectralModel",
     "GammaLibSmoothBrokenPowerLawSpectralModel",
+    "GammaLibSuperExpCutoffPowerLawSpectralModel",
     "NodeFunctionSpectralModel",
     "PowerLawEnergyFluxSpectralModel",
     "GammaLibTableSpectralModel",

@@ -10,13 +10,19 @@ from pathlib import Path
 import numpy as np
 import astropy.units as u
 from gammapy.modeling import Parameter, Parameters
-from gammapy.modeling.models import SPECTRAL_MODEL_REGISTRY, PowerLaw2SpectralModel, SpectralModel
+from gammapy.modeling.models import (
+    SPECTRAL_MODEL_REGISTRY,
+    ExpCutoffPowerLawSpectralModel,
+    PowerLaw2SpectralModel,
+    SpectralModel,
+)
 from gammapy.modeling.models.core import _build_parameters_from_dict
 
 from ..errors import InputError
 
 __all__ = [
     "GammaLibPowerLaw2SpectralModel",
+    "GammaLibSuperExpCutoffPowerLawSpectralModel",
     "BinFunctionSpectralModel",
     "NodeFunctionSpectralModel",
     "PowerLawEnergyFluxSpectralModel",
@@ -224,6 +230,22 @@ class GammaLibPowerLaw2SpectralModel(PowerLaw2SpectralModel):
         return PowerLaw2SpectralModel.evaluate_integral(energy_min, energy_max, amplitude, index, emin, emax)
 
 
+class GammaLibSuperExpCutoffPowerLawSpectralModel(ExpCutoffPowerLawSpectralModel):
+    r"""GammaLib ``SuperExponentialCutoffPowerLaw`` (``GModelSpectralSuperExpPlaw``).
+
+    :math:`\phi_0 (E/E_0)^{-\Gamma} \exp(-(\lambda E)^{\alpha})` with
+    :math:`\lambda = 1/E_{cut}` and :math:`\alpha` = ``Index2``: gammapy's formula,
+    kept as its own class so that it is written back as a super-exponential
+    cut-off (``Index2`` with its bounds and free flag) even when ``Index2`` is 1.
+    """
+
+    tag = ["GammaLibSuperExpCutoffPowerLawSpectralModel", "gl-secpl"]
+    index, amplitude, reference, lambda_, alpha = (
+        ExpCutoffPowerLawSpectralModel.default_parameters[name].copy()
+        for name in ("index", "amplitude", "reference", "lambda_", "alpha")
+    )
+
+
 class GammaLibSmoothBrokenPowerLawSpectralModel(SpectralModel):
     r"""GammaLib ``SmoothBrokenPowerLaw``.
 
@@ -401,6 +423,7 @@ class ExponentialSpectralModel(SpectralModel):
 
 for _cls in (
     GammaLibPowerLaw2SpectralModel,
+    GammaLibSuperExpCutoffPowerLawSpectralModel,
     BinFunctionSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,

@@ -22,6 +22,7 @@ from .spectral import (
     FileFunctionSpectralModel,
     GammaLibPowerLaw2SpectralModel,
     GammaLibSmoothBrokenPowerLawSpectralModel,
+    GammaLibSuperExpCutoffPowerLawSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,
     read_file_function,
@@ -94,7 +95,7 @@ def read_spectral(ctx, el, physical=True):
             alpha=Parameter("alpha", 1.0, frozen=True),
         )
     if kind in ("SuperExponentialCutoffPowerLaw", "PLSuperExpCutoff"):
-        return build_component(ExpCutoffPowerLawSpectralModel,
+        return build_component(GammaLibSuperExpCutoffPowerLawSpectralModel,
             amplitude=_amplitude(p("Prefactor"), "amplitude", physical),
             index=_index(p("Index1"), "index"),
             reference=_energy(p("PivotEnergy", "Scale"), "reference"),

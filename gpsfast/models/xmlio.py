@@ -19,7 +19,7 @@ PowerLaw [PhotonFlux], PowerLaw2 [Integral]        GammaLibPowerLaw2SpectralMode
 PowerLaw [EnergyFlux]                              PowerLawEnergyFluxSpectralModel*
 ExponentialCutoffPowerLaw [ExpCutoff]              ExpCutoffPowerLawSpectralModel (lambda_=1/Ecut)
   (InverseCutoffEnergy)                            ExpCutoffPowerLawSpectralModel (lambda_)
-SuperExponentialCutoffPowerLaw [PLSuperExpCutoff]  ExpCutoffPowerLawSpectralModel (alpha=Index2)
+SuperExponentialCutoffPowerLaw [PLSuperExpCutoff]  GammaLibSuperExpCutoffPowerLawSpectralModel (alpha=Index2)
 BrokenPowerLaw                                     BrokenPowerLawSpectralModel
 SmoothBrokenPowerLaw                               GammaLibSmoothBrokenPowerLawSpectralModel*
 LogParabola [norm/alpha/beta/Eb]                   LogParabolaSpectralModel (natural log)

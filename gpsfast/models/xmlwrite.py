@@ -57,6 +57,7 @@ from .spectral import (
     ExponentialSpectralModel,
     FileFunctionSpectralModel,
     GammaLibSmoothBrokenPowerLawSpectralModel,
+    GammaLibSuperExpCutoffPowerLawSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,
 )
@@ -166,6 +167,7 @@ def _write_spectral(parent, model, name, warn):
         _write_par(el, "UpperLimit", model.emax, "MeV")
     elif isinstance(model, ExpCutoffPowerLawSpectralModel):
         plain = model.alpha.value == 1.0 and model.alpha.frozen
+        plain = plain and not isinstance(model, GammaLibSuperExpCutoffPowerLawSpectralModel)
         el.set("type", "ExponentialCutoffPowerLaw" if plain else "SuperExponentialCutoffPowerLaw")
         _write_par(el, "Prefactor", model.amplitude, _diff_unit(model.amplitude))
         _write_par(el, "Index" if plain else "Index1", model.index, negate=True)
