@@ -453,3 +453,17 @@ def test_super_exponential_cutoff_written_as_such(tmp_path):
     energy = np.geomspace(0.1, 100, 7) * u.TeV
     np.testing.assert_allclose(back["Src"].spectral_model(energy).value, models["Src"].spectral_model(energy).value,
                                rtol=1e-12)
+
+
+def test_cta_background_written_without_observation_id(tmp_path):
+    """GammaLib applies a model with id="X" to observation X only: no id is invented from the dataset name."""
+    import xml.etree.ElementTree as ET
+
+    from gammapy.modeling.models import FoVBackgroundModel
+
+    from gpsfast.models import write_xml
+
+    write_xml([FoVBackgroundModel(dataset_name="stacked")], tmp_path / "bkg.xml")
+    [src] = ET.parse(tmp_path / "bkg.xml").getroot().findall("source")
+    assert src.get("name") == "stacked" and src.get("type") == "CTAIrfBackground" and src.get("id") is None
+    assert read_xml(tmp_path / "bkg.xml")[0].datasets_names == ["stacked"]

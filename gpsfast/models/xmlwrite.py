@@ -476,9 +476,10 @@ def _write_temporal(parent, model, name, warn):
 
 
 def _write_background(root, model, warn):
-    # gammapy names the model "<dataset>-bkg": the XML source takes the dataset name, also as its id
+    # gammapy names the model "<dataset>-bkg": the XML source takes the dataset name. No ``id``: GammaLib
+    # would apply the model only to the observation of that id (a dataset name is not an observation id)
     name = model.datasets_names[0] if model.datasets_names else model.name
-    src = SubElement(root, "source", {"name": name, "type": "CTAIrfBackground", "instrument": "CTA", "id": name})
+    src = SubElement(root, "source", {"name": name, "type": "CTAIrfBackground", "instrument": "CTA"})
     spec = model.spectral_model
     if isinstance(spec, PowerLawNormSpectralModel):
         el = SubElement(src, "spectrum", {"type": "PowerLaw"})
