@@ -5,6 +5,7 @@ from pathlib import Path
 
 import defusedxml.ElementTree as safe_et
 import numpy as np
+import astropy.units as u
 import pytest
 from astropy.coordinates import SkyCoord
 from gammapy.modeling.models import Models, SkyModel
@@ -325,3 +326,77 @@ def test_real_files_lenient():
         if result.bad and len(result.models):
             partial.append(path.name)
     assert n_bad >= 5 and "1dc_howto.xml" in partial
+
+
+# ----------------------------------------------------------------- referenced files in written YAML / catalogues
+
+
+def _models_with_files(folder):
+    """A FileFunction, a phase curve and a DiffuseMap, their files in ``folder``, named relative to the working
+    directory."""
+    import shutil
+
+    from gpsfast.models import FileFunctionSpectralModel, GammaLibPhaseCurveTemporalModel
+    from gpsfast.models.diffuse import GammaLibDiffuseMapSpatialModel
+    from gammapy.modeling.models import PointSpatialModel, PowerLawSpectralModel
+
+    data = Path(__file__).parent / "data" / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(data / "filefunction.txt", folder / "ff.txt")
+    shutil.copy(data / "phasecurve.fits", folder / "pc.fits")
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.crpix, wcs.wcs.cdelt = ["GLON-CAR", "GLAT-CAR"], [10, 0], [3, 3], [-0.1, 0.1]
+    fits.PrimaryHDU(np.arange(25.0).reshape(5, 5), header=wcs.to_header()).writeto(folder / "map.fits")
+    import os
+
+    def name(file):
+        return os.path.relpath(folder / file)
+
+    models = Models([
+        SkyModel(FileFunctionSpectralModel.read(name("ff.txt")), PointSpatialModel(), name="ff"),
+        SkyModel(PowerLawSpectralModel(), PointSpatialModel(),
+                 GammaLibPhaseCurveTemporalModel.read(name("pc.fits")), name="pulsar"),
+        SkyModel(PowerLawSpectralModel(), GammaLibDiffuseMapSpatialModel.read(name("map.fits")), name="map"),
+    ])
+    assert not Path(models["ff"].spectral_model.filename).is_absolute()
+    return models
+
+
+def test_written_yaml_and_catalogue_read_from_any_folder(tmp_path, monkeypatch):
+    """Files named relative to the working directory are written relative to the output file (or absolute)."""
+    from gpsfast.models import write_catalog
+    from gpsfast.models.yamlio import write_yaml_models
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    inside = _models_with_files(tmp_path / "work" / "out")  # files in the output folder
+    write_yaml_models(inside, tmp_path / "work" / "out" / "m.yaml")
+    write_catalog(inside, tmp_path / "work" / "out" / "cat.fits")
+    text = (tmp_path / "work" / "out" / "m.yaml").read_text()
+    assert "filename: ff.txt" in text and "filename: pc.fits" in text and "filename: map.fits" in text
+    # move the whole output folder and read it from yet another working directory
+    (tmp_path / "work" / "out").rename(tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    energy = np.geomspace(0.2, 20, 5) * u.TeV
+    for back in (Models.read(tmp_path / "moved" / "m.yaml"), read_catalog(tmp_path / "moved" / "cat.fits")):
+        assert back.names == ["ff", "pulsar", "map"]
+        np.testing.assert_allclose(back["ff"].spectral_model(energy).value,
+                                   inside["ff"].spectral_model(energy).value, rtol=1e-12)
+        np.testing.assert_allclose(back["map"].spatial_model.map.data, inside["map"].spatial_model.map.data)
+
+
+def test_files_outside_the_output_folder_written_absolute(tmp_path, monkeypatch):
+    from gpsfast.models.yamlio import write_yaml_models
+
+    monkeypatch.chdir(tmp_path)
+    models = _models_with_files(tmp_path / "data")
+    (tmp_path / "out").mkdir()
+    summary_path = tmp_path / "out" / "m.yaml"
+    write_yaml_models(models, summary_path)
+    assert f"filename: {tmp_path / 'data' / 'ff.txt'}" in summary_path.read_text()
+    monkeypatch.chdir(tmp_path / "out")
+    assert Models.read(summary_path).names == ["ff", "pulsar", "map"]

@@ -24,6 +24,7 @@ from gammapy.modeling.models import Models, SkyModel
 from ..errors import InputError
 from ..utils import atomic_output
 from .bulk import build_models
+from .yamlio import portable_filenames
 
 __all__ = [
     "write_catalog",
@@ -65,9 +66,12 @@ def _walk_parameters(node, prefix, out):
     return out
 
 
-def _structure(model):
-    """Model dict with parameter values stripped, and the (column prefix, parameter dict) pairs."""
-    data = model.to_dict(full_output=True)
+def _structure(model, folder="."):
+    """Model dict with parameter values stripped, and the (column prefix, parameter dict) pairs.
+
+    Referenced files are stored relative to ``folder`` (the catalogue's) when inside it, else absolute.
+    """
+    data = portable_filenames(model.to_dict(full_output=True), folder)
     data.pop("name", None)
     data.pop("covariance", None)
     pars = []
@@ -221,7 +225,8 @@ def write_catalog(models, path, datasets=None, overwrite=False, seeds=None):
     par_columns = {}
     stats = _dataset_stats(sources, datasets) if datasets is not None else None
     detection = _seed_columns(seeds)
-    rows = [_source_row(model, stats, detection, par_columns) for model in sources]
+    folder = Path(path).parent
+    rows = [_source_row(model, stats, detection, par_columns, folder) for model in sources]
     table = _rows_to_table(rows, par_columns)
     _check_ascii(table)
     table.meta["EXTNAME"] = "CATALOG"
@@ -310,7 +315,7 @@ def _flag(model):
     return flag
 
 
-def _source_row(model, stats, detection, par_columns):
+def _source_row(model, stats, detection, par_columns, folder="."):
     """One catalogue row; registers the parameter columns (and their units) in ``par_columns``."""
     row = {"Source_Name": model.name}
     spatial = model.spatial_model
@@ -331,7 +336,7 @@ def _source_row(model, stats, detection, par_columns):
             row[f"Npred_{name}"], row[f"TS_{name}"] = npred[name], ts[name]
         row["Npred"] = float(np.nansum(list(npred.values())))
         row["TS"] = float(np.nansum(list(ts.values())))
-    structure, pars = _structure(model)
+    structure, pars = _structure(model, folder)
     for (base, par_dict), par in zip(pars, _parameter_values(model, pars)):
         column = _column_for(base, par.unit, par_columns)
         par_dict["column"] = column
@@ -428,7 +433,17 @@ def _parameter_from_row(row, column, colnames, where):
     return dict(value=value, error=error, min=vmin, max=vmax, frozen=bool(row[column + "_frozen"]), unit=unit)
 
 
-def _row_to_model(row, colnames, where=None):
+def _resolve_filenames(node, folder):
+    """Relative ``filename`` entries of a model dict taken relative to the catalogue's folder."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if key == "filename" and isinstance(value, str) and value and not Path(value).is_absolute():
+            node[key] = str(Path(folder) / value)
+        elif isinstance(value, (dict, list)):
+            _resolve_filenames(value, folder)
+
+
+def _row_to_model(row, colnames, where=None, folder=None):
     name = str(row["Source_Name"]).strip()
     where = f"catalogue row {name!r}" if where is None else f"{where} ({name!r})"
     try:
@@ -445,6 +460,8 @@ def _row_to_model(row, colnames, where=None):
         column = par.pop("column", base)
         par.update(_parameter_from_row(row, column, colnames, where))
     structure["name"] = name
+    if folder is not None:
+        _resolve_filenames(structure, folder)
     try:
         return SkyModel.from_dict(structure)
     except InputError as exc:
@@ -502,7 +519,8 @@ class SurveyCatalog:
         return {name: (str(col.unit) if col.unit is not None else "") for name, col in self.table.columns.items()}
 
     def _model(self, index, units):
-        return _row_to_model(self.table[index], units, where=f"{self._label()}: row {index + 1}")
+        folder = Path(self.path).parent if self.path is not None else None
+        return _row_to_model(self.table[index], units, where=f"{self._label()}: row {index + 1}", folder=folder)
 
     def __getitem__(self, key):
         """The `~gammapy.modeling.models.SkyModel` of a source, by name or row index."""

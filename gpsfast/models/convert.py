@@ -7,10 +7,9 @@ from gammapy.modeling.models import FoVBackgroundModel, SkyModel
 
 from ..errors import InputError
 from .catalog import read_catalog_detailed, write_catalog
-from ..utils import atomic_output
 from .xmlio import read_xml_detailed
 from .xmlwrite import write_xml
-from .yamlio import read_yaml_models
+from .yamlio import read_yaml_models, write_yaml_models
 
 __all__ = ["convert"]
 
@@ -91,8 +90,7 @@ def convert(input_path, output_path, overwrite=False, strict=True):
     if kout == "xml":
         notes.extend(write_xml(models, dst, overwrite=overwrite))
     elif kout == "yaml":
-        with atomic_output(dst, overwrite) as tmp:
-            models.write(tmp, overwrite=True, write_covariance=False)
+        write_yaml_models(models, dst, overwrite=overwrite)
     else:
         skipped = [m.name for m in models if not isinstance(m, SkyModel)]
         if skipped:

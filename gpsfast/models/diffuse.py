@@ -259,6 +259,15 @@ def _image_geom(header, path):
         raise InputError(f"{path}: the map's WCS is not valid ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
+def _write_template(model, overwrite, filename):
+    if filename is not None:
+        model.filename = str(filename)
+    if model.filename is None:
+        raise InputError(f"{type(model).__name__}: no filename to write the map to")
+    if overwrite or not Path(model.filename).exists():
+        model.map.write(model.filename, overwrite=overwrite)
+
+
 class GammaLibDiffuseMapSpatialModel(TemplateSpatialModel):
     """GammaLib ``DiffuseMap``: ``norm`` times a sky map, prepared and interpolated as GammaLib does.
 
@@ -309,6 +318,10 @@ class GammaLibDiffuseMapSpatialModel(TemplateSpatialModel):
             x, y = self.map.geom.wcs.wcs_world2pix(lon, lat, 0)
         value = gammalib_bilinear(self.map.data, x, y, self._wrap_x)
         return u.Quantity(norm).to_value("") * value * u.Unit("sr-1")
+
+    def write(self, overwrite=False, filename=None):
+        """Write the map only where the referenced file does not exist (the file is the model's source)."""
+        _write_template(self, overwrite, filename)
 
     def copy(self, **kwargs):
         """Deep copy (the prepared map is not prepared again)."""
@@ -421,6 +434,10 @@ class GammaLibDiffuseCubeSpatialModel(TemplateSpatialModel):
                                  np.where(i_left > 0, i_left, np.where(i_right > 0, i_right, 0.0)))
         value = np.maximum(u.Quantity(norm).to_value("") * intensity, 0.0)
         return value * self.map.unit
+
+    def write(self, overwrite=False, filename=None):
+        """Write the cube only where the referenced file does not exist (the file is the model's source)."""
+        _write_template(self, overwrite, filename)
 
     def copy(self, **kwargs):
         """Deep copy."""

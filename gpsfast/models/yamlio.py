@@ -6,12 +6,15 @@ twice under one name). `read_yaml_models` refuses them with file, line and key.
 """
 from pathlib import Path
 
+import os
+
 import yaml
 
 from ..errors import InputError
+from ..utils import atomic_output
 from .bulk import models_from_dict
 
-__all__ = ["read_yaml_models", "load_yaml_strict"]
+__all__ = ["read_yaml_models", "load_yaml_strict", "write_yaml_models", "portable_filenames"]
 
 
 class _DuplicateKey(Exception):
@@ -118,3 +121,60 @@ def read_yaml_models(path):
     except Exception as exc:
         text = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise InputError(f"{path}: cannot read gammapy YAML models ({type(exc).__name__}: {text})") from None
+
+
+def _portable(name, folder):
+    path = Path(os.path.abspath(os.path.expanduser(str(name))))
+    if folder == path.parent or folder in path.parents:
+        return os.path.relpath(path, folder)
+    return str(path)
+
+
+def portable_filenames(data, folder):
+    """Rewrite every ``filename`` in a model dict (recursively) for a file written in ``folder``.
+
+    A file inside ``folder`` (or below) gets a path relative to it, any other
+    file its absolute path; a relative name is taken relative to the working
+    directory (what it means now). gammapy's ``Models.read`` and
+    `read_yaml_models` resolve relative names against the YAML file's folder, so
+    the written file reads from any working directory.
+
+    Parameters
+    ----------
+    data : dict or list
+        Model dict (``Models.to_dict()``, ``SkyModel.to_dict()``), changed in place.
+    folder : str or `~pathlib.Path`
+        Folder of the file being written.
+
+    Returns
+    -------
+    data : dict or list
+    """
+    folder = Path(os.path.abspath(folder))
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        if key == "filename" and isinstance(value, (str, Path)) and str(value):
+            data[key] = _portable(value, folder)
+        elif isinstance(value, (dict, list)):
+            portable_filenames(value, folder)
+    return data
+
+
+def write_yaml_models(models, path, overwrite=False):
+    """Write models as gammapy YAML with referenced files relative to the YAML file (or absolute).
+
+    Parameters
+    ----------
+    models : `~gammapy.modeling.models.Models`
+        Models to write (no covariance file).
+    path : str or `~pathlib.Path`
+        Output YAML file, written atomically.
+    overwrite : bool
+        Replace an existing file.
+    """
+    from gammapy.utils.scripts import to_yaml
+
+    path = Path(path)
+    data = portable_filenames(models.to_dict(), path.parent)
+    with atomic_output(path, overwrite) as tmp:
+        Path(tmp).write_text(to_yaml(data))
