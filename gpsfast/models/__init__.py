@@ -4,7 +4,9 @@
   `~gammapy.modeling.models.Models` (conventions and the type mapping are in
   `gpsfast.models.xmlio`).
 - `write_catalog` / `read_catalog` / `SurveyCatalog`: the survey catalogue, a
-  FITS table with one row per source that reads back into the same models.
+  FITS table with one row per source that reads back into the same models;
+  `read_catalog` also reads the CTA-GPS gammapy catalogue and H.E.S.S. HGPS
+  (`gpsfast.models.catalog_external`).
 - `convert`: file to file (``.xml``, ``.yaml``/``.yml``, ``.fits``), as used by
   ``gpsfast convert IN OUT``.
 - `read_yaml_models`: gammapy YAML, refusing duplicate keys.

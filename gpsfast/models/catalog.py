@@ -24,6 +24,7 @@ from gammapy.modeling.models import Models, SkyModel
 from ..errors import InputError
 from ..utils import atomic_output
 from .bulk import build_models
+from .catalog_external import catalogue_schema, read_cta_gps_catalog, read_hgps_catalog
 from .yamlio import portable_filenames
 
 __all__ = [
@@ -562,12 +563,17 @@ class SurveyCatalog:
 
 
 def read_catalog(path, strict=True):
-    """Read a survey catalogue FITS table back into gammapy models.
+    """Read a catalogue FITS table into gammapy sky models.
+
+    Three schemas are recognised: gpsfast's survey catalogue (`write_catalog`),
+    the CTA-GPS gammapy catalogue and H.E.S.S. HGPS (see
+    `gpsfast.models.catalog_external`); any other table gives an
+    `~gpsfast.errors.InputError` naming the known schemas.
 
     Parameters
     ----------
     path : str or `~pathlib.Path`
-        File written by `write_catalog`.
+        Catalogue FITS file.
     strict : bool
         Refuse the table at the first bad row (default), else leave bad rows
         out with a logged warning naming file, row and column.
@@ -575,11 +581,19 @@ def read_catalog(path, strict=True):
     Returns
     -------
     models : `~gammapy.modeling.models.Models`
-        One `~gammapy.modeling.models.SkyModel` per row.
+        One `~gammapy.modeling.models.SkyModel` per row (per component for HGPS).
     """
-    return SurveyCatalog.read(path).to_models(strict=strict)
+    return read_catalog_detailed(path, strict=strict)
 
 
 def read_catalog_detailed(path, strict=True, bad=None):
     """`read_catalog`, also giving the rows left out in lenient mode (``bad`` receives their errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"catalogue file not found: {path}")
+    schema, hdu = catalogue_schema(path)
+    if schema == "hgps":
+        return read_hgps_catalog(path)
+    if schema == "cta-gps":
+        return read_cta_gps_catalog(path, hdu=hdu, strict=strict, bad=bad)
     return SurveyCatalog.read(path).to_models(strict=strict, bad=bad)
