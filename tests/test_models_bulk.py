@@ -206,3 +206,16 @@ def test_build_component_uses_the_given_parameters_only():
     other = build_component(PowerLawSpectralModel, **{k: v.copy() for k, v in given.items()})
     other.index.value = 1.5
     assert model.index.value == 2.7
+
+
+def test_copy_and_pickle_keep_a_working_covariance(tmp_path):
+    import pickle
+
+    path = tmp_path / "m.xml"
+    path.write_text(_xml(3))
+    models = read_xml(path)
+    models.covariance.get_subcovariance(models[0].parameters)  # builds the position index
+    for other in (copy.deepcopy(models), pickle.loads(pickle.dumps(models))):
+        sub = other.covariance.get_subcovariance(other[1].parameters).data
+        np.testing.assert_array_equal(sub, models.covariance.get_subcovariance(models[1].parameters).data)
+        np.testing.assert_array_equal(other.covariance.data, Models(list(copy.deepcopy(other))).covariance.data)

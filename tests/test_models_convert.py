@@ -228,12 +228,12 @@ def test_real_phase_curve_and_light_curve():
 LENIENT = """<?xml version="1.0"?>
 <source_library title="t">
   <source name="Good" type="PointSource">{pl}{point}</source>
-  <source name="" type="DiffuseSource">{pl}<spatialModel type="DiffuseIsotropic"><parameter name="Value" value="1" scale="1" free="0"/></spatialModel></source>
+  <source name="" type="DiffuseSource">{pl}{iso}</source>
   <source name="Typo" type="PointSource"><spectrum type="PowerLaw">
     <parameter name="Prefactor" value="5.7" scale="1-07" free="1"/>
     <parameter name="Index" value="-2.4" scale="1" free="1"/>
     <parameter name="PivotEnergy" value="1" scale="1e6" free="0"/></spectrum>{point}</source>
-  <source name="Pulsar" type="PointSource">{pl}{point}<temporal type="PhaseCurve" file="pc.fits"><parameter name="Normalization" value="1" scale="1" free="0"/><parameter name="MJD" value="51544.5" scale="1" free="0"/><parameter name="Phase" value="0" scale="1" free="0"/><parameter name="F0" value="1" scale="1" free="0"/><parameter name="F1" value="0" scale="1" free="0"/><parameter name="F2" value="0" scale="1" free="0"/></temporal></source>
+  <source name="Pulsar" type="PointSource">{pl}{point}{phase}</source>
   <source name="Good" type="PointSource">{pl}{point}</source>
 </source_library>
 """
@@ -242,6 +242,11 @@ PL_XML = ('<spectrum type="PowerLaw"><parameter name="Prefactor" value="1" scale
           '<parameter name="PivotEnergy" value="1" scale="1e6" free="0"/></spectrum>')
 POINT_XML = ('<spatialModel type="PointSource"><parameter name="RA" value="83.6" scale="1" free="0"/>'
              '<parameter name="DEC" value="22.0" scale="1" free="0"/></spatialModel>')
+ISO_XML = '<spatialModel type="DiffuseIsotropic"><parameter name="Value" value="1" scale="1" free="0"/></spatialModel>'
+PHASE_XML = ('<temporal type="PhaseCurve" file="pc.fits">' + "".join(
+    f'<parameter name="{n}" value="{v}" scale="1" free="0"/>'
+    for n, v in (("Normalization", 1), ("MJD", 51544.5), ("Phase", 0), ("F0", 1), ("F1", 0), ("F2", 0)))
+    + "</temporal>")
 
 
 @pytest.fixture
@@ -251,7 +256,7 @@ def mixed_file(tmp_path):
 
     Table({"PHASE": [0.0, 0.5, 0.5, 1.0], "NORM": [1.0, 0.5, 0.4, 1.0]}).write(tmp_path / "pc.fits")
     path = tmp_path / "mixed.xml"
-    path.write_text(LENIENT.format(pl=PL_XML, point=POINT_XML))
+    path.write_text(LENIENT.format(pl=PL_XML, point=POINT_XML, iso=ISO_XML, phase=PHASE_XML))
     return path
 
 

@@ -45,7 +45,8 @@ def points_around(lon, lat, radius_deg, n=2000, seed=4, frame="icrs"):
     """Random sky positions within ``radius_deg`` of the centre, and their separations (rad)."""
     rng = np.random.default_rng(seed)
     centre = SkyCoord(lon, lat, unit="deg", frame=frame)
-    pts = centre.directional_offset_by(rng.uniform(0, 360, n) * u.deg, radius_deg * np.sqrt(rng.uniform(0, 1, n)) * u.deg)
+    offsets = radius_deg * np.sqrt(rng.uniform(0, 1, n)) * u.deg
+    pts = centre.directional_offset_by(rng.uniform(0, 360, n) * u.deg, offsets)
     return centre, pts, centre.separation(pts).rad
 
 
@@ -316,7 +317,7 @@ def test_temporal_constant_normalization_folded(tmp_path):
     assert back["half"].temporal_model.norm.value == 0.5 and not back["half"].temporal_model.norm.frozen
 
 
-# ----------------------------------------------------------------- GModelSpectralPlawPhotonFlux.cpp, GModelSpectralPlaw2.cpp
+# ----------------------------------------------------------------- GModelSpectralPlawPhotonFlux.cpp, ...Plaw2.cpp
 
 
 @pytest.mark.parametrize("kind,flux_name", [("PowerLaw", "PhotonFlux"), ("PowerLaw2", "Integral")])

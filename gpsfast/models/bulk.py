@@ -71,6 +71,12 @@ class BlockCovariance(Covariance):
         self._blocks = {}
         self._index = None
 
+    def __getstate__(self):
+        # the position index is keyed by parameter ids: rebuilt after a copy or unpickling
+        state = self.__dict__.copy()
+        state["_index"] = None
+        return state
+
     @property
     def is_dense(self):
         """Whether the full matrix has been built."""
