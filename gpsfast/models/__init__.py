@@ -9,7 +9,8 @@
   (`gpsfast.models.catalog_external`).
 - `convert`: file to file (``.xml``, ``.yaml``/``.yml``, ``.fits``), as used by
   ``gpsfast convert IN OUT``.
-- `read_yaml_models`: gammapy YAML, refusing duplicate keys.
+- `read_yaml_models` / `write_yaml_models`: gammapy YAML, refusing duplicate keys
+  and writing referenced files relative to the YAML file.
 
 Model files are untrusted input: files they reference are read only from the
 model file's folder (and folders the caller allows), environment variables in
@@ -67,7 +68,7 @@ from .catalog import (
 from .convert import convert
 from .xmlio import SUPPORTED_XML_TYPES, read_xml, read_xml_detailed
 from .xmlwrite import write_xml
-from .yamlio import read_yaml_models
+from .yamlio import read_yaml_models, write_yaml_models
 
 __all__ = [
     "FLAG_POSITION_AT_BOUND",
@@ -79,6 +80,7 @@ __all__ = [
     "read_xml",
     "read_xml_detailed",
     "read_yaml_models",
+    "write_yaml_models",
     "write_xml",
     "write_catalog",
     "read_catalog",

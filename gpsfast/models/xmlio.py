@@ -19,7 +19,7 @@ PowerLaw [PhotonFlux], PowerLaw2 [Integral]        GammaLibPowerLaw2SpectralMode
 PowerLaw [EnergyFlux]                              PowerLawEnergyFluxSpectralModel*
 ExponentialCutoffPowerLaw [ExpCutoff]              ExpCutoffPowerLawSpectralModel (lambda_=1/Ecut)
   (InverseCutoffEnergy)                            ExpCutoffPowerLawSpectralModel (lambda_)
-SuperExponentialCutoffPowerLaw [PLSuperExpCutoff]  GammaLibSuperExpCutoffPowerLawSpectralModel (alpha=Index2)
+SuperExponentialCutoffPowerLaw [PLSuperExpCutoff]  GammaLibSuperExpCutoffPowerLawSpectralModel (Index2)
 BrokenPowerLaw                                     BrokenPowerLawSpectralModel
 SmoothBrokenPowerLaw                               GammaLibSmoothBrokenPowerLawSpectralModel*
 LogParabola [norm/alpha/beta/Eb]                   LogParabolaSpectralModel (natural log)
@@ -36,12 +36,12 @@ PointSource [SkyDirFunction]                       PointSpatialModel
 RadialDisk [DiskFunction]                          GammaLibDiskSpatialModel* (hard edge)
 RadialGaussian [GaussFunction]                     GammaLibGaussianSpatialModel*
 RadialShell [ShellFunction]                        GammaLibShellSpatialModel*
-RadialRing                                         GammaLibRingSpatialModel*
+RadialRing                                         GammaLibRingSpatialModel* ([Radius, Radius+Width])
 RadialGeneralGaussian                              GeneralizedGaussianSpatialModel (e=0)
 GaussianProfile                                    GammaLibGaussianProfileSpatialModel* (100-node table)
 EllipticalDisk                                     GammaLibEllipticalDiskSpatialModel*
 EllipticalGaussian [EllipticalGauss]               GammaLibEllipticalGaussianSpatialModel* (3 r_eff)
-EllipticalGeneralGaussian                          GammaLibEllipticalGeneralGaussianSpatialModel*
+EllipticalGeneralGaussian                          GammaLibEllipticalGeneralGaussianSpatialModel* (5 a)
 DiffuseIsotropic [ConstantValue]                   ConstantSpatialModel
 DiffuseMap [SpatialMap]                            GammaLibDiffuseMapSpatialModel* (norm, GammaLib pixels)
 DiffuseMapCube [MapCubeFunction]                   GammaLibDiffuseCubeSpatialModel* (extrapolated in E)
