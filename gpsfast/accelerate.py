@@ -103,6 +103,8 @@ import weakref
 
 import numpy as np
 
+from gpsfast import _compat
+
 __all__ = ["accelerate", "accelerated", "convolve_planes", "convolve_psf", "deaccelerate", "is_accelerated"]
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,7 @@ def _patches():
     def model_twin(model):
         return _twin(
             model,
-            (model.frame, *(vars(model).get(name) for name in _GENERALIZED_GAUSSIAN_PARAMETERS)),
+            (model.frame, *_compat.parameter_objects(model, _GENERALIZED_GAUSSIAN_PARAMETERS)),
             FastModel.from_gammapy,
         )
 
@@ -250,7 +252,7 @@ def _patches():
 
 def _irf_key(irf):
     """What an IRF-map twin depends on: the maps and their data arrays (by identity)."""
-    irf_map, exposure = irf._irf_map, irf.exposure_map
+    irf_map, exposure = _compat.irf_map(irf), irf.exposure_map
     return (irf_map, irf_map.data, exposure, None if exposure is None else exposure.data)
 
 
@@ -420,7 +422,6 @@ def _trim_cutout(geom, position, width, odd_npix, min_npix):
 
     import astropy.units as u
     from astropy.nddata.utils import overlap_slices
-    from gammapy.maps.utils import _check_width
     from gammapy.utils.array import round_up_to_odd
 
     if not geom.is_regular:
@@ -428,7 +429,7 @@ def _trim_cutout(geom, position, width, odd_npix, min_npix):
     pix = _sky_pixel(geom, position)
     if pix is None:
         return None
-    width = _check_width(width) * u.deg
+    width = _compat.check_width(width) * u.deg
     width_npix = np.clip((width / geom.pixel_scales).to_value(""), min_npix, None)
     if odd_npix:
         width_npix = round_up_to_odd(width_npix)
@@ -442,7 +443,7 @@ def _trim_cutout(geom, position, width, odd_npix, min_npix):
     wcs.wcs.crpix -= (slices[1].start, slices[0].start)
     cutout_shape = (slices[0].stop - slices[0].start, slices[1].stop - slices[1].start)
     wcs.array_shape = cutout_shape
-    return geom._init_copy(wcs=wcs, npix=cutout_shape[::-1])
+    return _compat.geom_init_copy(geom, wcs=wcs, npix=cutout_shape[::-1])
 
 
 def _npred_signal_patch(cls):
@@ -458,7 +459,7 @@ def _npred_signal_patch(cls):
         from gpsfast.fit import _signal_array
 
         data = _signal_array(self, _dataset_states(self), model_names)
-        return Map.from_geom(self._geom, data=data)
+        return Map.from_geom(_compat.dataset_geom(self), data=data)
 
     return npred_signal
 
@@ -512,8 +513,6 @@ def _mask_cutout_any(model, mask, margin, wcs_geom_cls):
     """
     from astropy.nddata.utils import NoOverlapError, overlap_slices
     import astropy.units as u
-    from gammapy.datasets.evaluator import CUTOUT_MARGIN
-    from gammapy.maps.utils import _check_width
 
     geom = mask.geom
     spatial = model.spatial_model
@@ -526,7 +525,7 @@ def _mask_cutout_any(model, mask, margin, wcs_geom_cls):
     radius = model.evaluation_radius
     if radius is None:
         return None
-    width = _check_width(2 * radius + CUTOUT_MARGIN + u.Quantity(margin)) * u.deg
+    width = _compat.check_width(2 * radius + _compat.CUTOUT_MARGIN + u.Quantity(margin)) * u.deg
     width_npix = np.clip((width / geom.pixel_scales).to_value(""), 1, None)
     shape = tuple(int(np.round(side)) for side in width_npix[::-1])
     pix = _sky_pixel(geom, spatial.position)
@@ -620,7 +619,7 @@ def convolve_psf(sky_map, kernel):
     data = convolve_planes(images, kernel)
     if data is None:
         return None
-    return sky_map._init_copy(data=data, geom=geom)
+    return _compat.map_init_copy(sky_map, data=data, geom=geom)
 
 
 def convolve_planes(images, kernel):

@@ -31,7 +31,6 @@ from gammapy.maps import Geom, Map, RegionGeom, WcsGeom
 from gammapy.modeling import Parameter, Parameters
 from gammapy.datasets import Datasets, MapDataset
 from gammapy.irf import EDispKernel, EDispKernelMap, PSFKernel, PSFMap
-from gammapy.irf.psf.map import PSF_MAX_OVERSAMPLING
 from gammapy.utils.array import round_up_to_odd
 from gammapy.utils.interpolation import interpolation_scale
 from gammapy.modeling.models import (
@@ -44,6 +43,8 @@ from gammapy.modeling.models import (
     TemplateNPredModel,
 )
 
+from gpsfast import _compat
+from gpsfast._compat import PSF_MAX_OVERSAMPLING
 from gpsfast.errors import InputError
 
 __all__ = [
@@ -466,8 +467,8 @@ class _CachedMaskSafe:
     def mask_safe_image(self):
         """Mask safe for the map (cached per IRF map object)."""
         cached = self.__dict__.get("_fast_mask_safe")
-        if cached is None or cached[0] is not self._irf_map:
-            cached = (self._irf_map, super().mask_safe_image)
+        if cached is None or cached[0] is not _compat.irf_map(self):
+            cached = (_compat.irf_map(self), super().mask_safe_image)
             self.__dict__["_fast_mask_safe"] = cached
         return cached[1]
 
@@ -514,10 +515,10 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
         energies, and are kept per energy array and PSF map object.
         """
         cached = self.__dict__.get("_fast_containment")
-        if cached is None or cached[0] is not self._irf_map:
-            cumsum = self._psf_irf.cumsum(axis_name="rad")
+        if cached is None or cached[0] is not _compat.irf_map(self):
+            cumsum = _compat.psf_irf(self).cumsum(axis_name="rad")
             rad = self.psf_map.geom.axes["rad"].upsample(factor=20).center
-            cached = (self._irf_map, cumsum, rad, {})
+            cached = (_compat.irf_map(self), cumsum, rad, {})
             self.__dict__["_fast_containment"] = cached
         _, cumsum, rad, grids = cached
         key = (str(energy_true.unit), energy_true.value.tobytes())
@@ -639,7 +640,7 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
             )
         if position is None:
             position = self.psf_map.geom.center_skydir
-        position = self._get_nearest_valid_position(position)
+        position = _compat.nearest_valid_position(self, position)
 
         pix = self._position_pix(position)
         energy_name = self.energy_name
@@ -706,10 +707,10 @@ class FastPSFMap(_CachedMaskSafe, PSFMap):
         """PSF map values at pixel coordinates ``pix`` (bilinear in space), shape (n_energy, n_rad)."""
         x, y = pix
         cached = self.__dict__.get("_fast_finite_data")
-        if cached is None or cached[0] is not self._irf_map:
+        if cached is None or cached[0] is not _compat.irf_map(self):
             # gammapy's interp_by_pix interpolates with non-finite values set to 0
             finite = np.nan_to_num(self.psf_map.data, nan=0.0, posinf=0.0, neginf=0.0)
-            cached = (self._irf_map, finite)
+            cached = (_compat.irf_map(self), finite)
             self.__dict__["_fast_finite_data"] = cached
         data = cached[1]
         ny, nx = data.shape[-2:]
@@ -792,7 +793,7 @@ class FastEDispKernelMap(_CachedMaskSafe, EDispKernelMap):
             return super().get_edisp_kernel(position=position, energy_axis=energy_axis)
         if energy_axis and energy_axis != geom.axes["energy"]:
             raise InputError("get_edisp_kernel: energy axis differs from the one of the EDisp map")
-        position = self._get_nearest_valid_position(position)
+        position = _compat.nearest_valid_position(self, position)
         x, y = geom.to_image().coord_to_pix(position)
         ny, nx = geom.data_shape[-2:]
         key = (_nearest_index(x, nx), _nearest_index(y, ny))
@@ -966,7 +967,7 @@ class _SourceNpred:
     def _update_irfs(self, dataset_geom):
         """Energy dispersion matrix and stacking slices of the evaluator's current cutout."""
         evaluator = self.evaluator
-        edisp = evaluator.edisp if evaluator.edisp is not None else evaluator._edisp_diagonal
+        edisp = evaluator.edisp if evaluator.edisp is not None else _compat.evaluator_edisp_diagonal(evaluator)
         self.edisp = np.asarray(edisp.pdf_matrix, dtype=float)
         geom = evaluator.geom
         slices = geom.cutout_slices(dataset_geom)
@@ -1022,18 +1023,18 @@ class _SourceNpred:
         """Predicted counts on the cutout, (n_reco, ny, nx) float64."""
         from gpsfast.kernels.npred import fold_energy
 
-        parts = vars(self.evaluator.model)
+        spatial, spectral, _ = _compat.sky_model_parts(self.evaluator.model)
         irfs_changed = self._irfs_changed(dataset_geom)
         spatial_values = self.current_spatial_values
         if spatial_values is None:
-            spatial_values = _parameter_state(parts["_spatial_model"])
+            spatial_values = _parameter_state(spatial)
         if irfs_changed:
             self._update_irfs(dataset_geom)
         if irfs_changed or spatial_values != self.spatial_values:
             self._update_flux_exposure()
             self.spatial_values = spatial_values
             self.npred = None
-        spectral_key = _parameter_state(parts["_spectral_model"])
+        spectral_key = _parameter_state(spectral)
         if self.npred is None or spectral_key != self.spectral_key:
             integrals, unit = self._spectral_integrals()
             scale = self._unit_scale(unit)
@@ -1055,7 +1056,7 @@ class _SourceNpred:
         """
         self.current_spatial_values = None
         model = self.evaluator.model
-        spatial = vars(model).get("_spatial_model") if type(model) is SkyModel else None
+        spatial = _compat.sky_model_parts(model)[0] if type(model) is SkyModel else None
         if spatial is None:
             return self.evaluator.needs_update
         spatial_values = _parameter_state(spatial)
@@ -1069,10 +1070,9 @@ class _SourceNpred:
 
 def _parameter_state(model):
     """Values and units of a model's parameters (the Parameter objects read directly)."""
-    objects = vars(model)
     return tuple(
         (par.value, par.unit, id(par))
-        for par in (objects[name] for name in _parameter_names(type(model)))
+        for par in _compat.parameter_objects(model, _parameter_names(type(model)))
     )
 
 
@@ -1101,8 +1101,7 @@ def _parameter_names(cls):
 
 def _components(model):
     """Identities of a sky model's spatial, spectral and temporal models (read directly)."""
-    parts = vars(model)
-    return tuple(id(parts.get(name)) for name in ("_spatial_model", "_spectral_model", "_temporal_model"))
+    return tuple(id(part) for part in _compat.sky_model_parts(model))
 
 
 def _fast_source_supported(evaluator):
@@ -1138,7 +1137,7 @@ def _signal_blocks(dataset, states, model_names=None):
         Source arrays (n_energy, h, w) and their boxes ``(y0, y1, x0, x1, cy0, cx0)``:
         the map rows and columns they cover and where those start in the array.
     """
-    geom = dataset._geom
+    geom = _compat.dataset_geom(dataset)
     evaluators = dataset.evaluators
     if model_names is not None:
         names = [model_names] if isinstance(model_names, str) else list(model_names)
@@ -1203,7 +1202,7 @@ def _stacked_by_gammapy(npred_maps, geom, states=None):
 
 def _signal_array(dataset, states, model_names=None):
     """Predicted signal counts of ``dataset`` summed on its geometry (float64 array)."""
-    total = np.zeros(dataset._geom.data_shape)
+    total = np.zeros(_compat.dataset_geom(dataset).data_shape)
     for values, (y0, y1, x0, x1, cy0, cx0) in _signal_blocks(dataset, states, model_names):
         total[..., y0:y1, x0:x1] += values[..., cy0 : cy0 + y1 - y0, cx0 : cx0 + x1 - x0]
     return total
@@ -1254,7 +1253,7 @@ def _cash_stat_sum(dataset, states):
 
     blocks = _signal_blocks(dataset, states)
     background = _background_array(dataset, states)
-    shape = dataset._geom.data_shape
+    shape = _compat.dataset_geom(dataset).data_shape
     if background is None:
         background = np.zeros(shape)
     npred = None
@@ -1332,7 +1331,7 @@ class FastMapDataset(MapDataset):
         if not stack:
             return super().npred_signal(model_names=model_names, stack=stack)
         data = _signal_array(self, self._fast_states(), model_names)
-        return Map.from_geom(self._geom, data=data)
+        return Map.from_geom(_compat.dataset_geom(self), data=data)
 
     def stat_sum(self):
         """Total fit statistic, as `~gammapy.datasets.MapDataset.stat_sum` (Cash: compiled).
@@ -1368,10 +1367,9 @@ def fast_dataset(dataset):
         return dataset
     if type(dataset) is not MapDataset:
         raise InputError(f"fast_dataset: expected a gammapy MapDataset, got {type(dataset).__name__}")
-    fast = FastMapDataset.__new__(FastMapDataset)
-    fast.__dict__.update(dataset.__dict__)
+    fast = _compat.copy_as(dataset, FastMapDataset)
     fast.__dict__.pop("_fast_sources", None)
-    fast._evaluators = dict(dataset._evaluators)
+    _compat.set_dataset_evaluators(fast, dict(_compat.dataset_evaluators(dataset)))
     if isinstance(dataset.psf, PSFMap) and not isinstance(dataset.psf, FastPSFMap):
         fast.psf = FastPSFMap.from_psf_map(dataset.psf)
     if type(dataset.edisp) is EDispKernelMap:
@@ -1415,8 +1413,9 @@ class FastDatasets(Datasets):
         for par in self._prior_parameters():
             if par.prior is not None:
                 prior_stat_sum += par.prior_stat_sum()
-        if self._penalties is not None:
-            for penalty in self._penalties:
+        penalties = _compat.datasets_penalties(self)
+        if penalties is not None:
+            for penalty in penalties:
                 prior_stat_sum += penalty.stat_sum()
         stat_sum = 0.0
         for dataset in self:
@@ -1426,8 +1425,8 @@ class FastDatasets(Datasets):
 
 def _parameter_objects_key(model):
     """Identities of a model and of its Parameter objects, read without building ``Parameters``."""
-    parts = vars(model)
-    subs = [parts.get(name) for name in ("_spectral_model", "_spatial_model", "_temporal_model")]
+    spatial, spectral, temporal = _compat.sky_model_parts(model)
+    subs = [spectral, spatial, temporal]
     if not any(sub is not None for sub in subs) or not all(
         sub is None or _is_simple(type(sub)) for sub in subs
     ):
@@ -1435,9 +1434,8 @@ def _parameter_objects_key(model):
     ids = [id(model)]
     for sub in subs:
         if sub is not None:
-            objects = vars(sub)
             ids.append(id(sub))
-            ids.extend(id(objects[name]) for name in _parameter_names(type(sub)))
+            ids.extend(id(par) for par in _compat.parameter_objects(sub, _parameter_names(type(sub))))
     return tuple(ids)
 
 
@@ -1479,7 +1477,7 @@ def fast_datasets(datasets):
     fast = FastDatasets(
         [fast_dataset(d) if type(d) in (MapDataset, FastMapDataset) else d for d in datasets]
     )
-    penalties = getattr(datasets, "_penalties", None)
+    penalties = _compat.datasets_penalties(datasets)
     if penalties is not None:
-        fast._penalties = penalties
+        _compat.set_datasets_penalties(fast, penalties)
     return fast

@@ -55,25 +55,19 @@ from gammapy.datasets import (
     SpectrumDataset,
     SpectrumDatasetOnOff,
 )
-from gammapy.datasets.metadata import MapDatasetMetaData
-from gammapy.irf import EDispKernelMap, EDispMap, PSFMap
+from gammapy.irf import EDispMap, PSFMap
 from gammapy.maps import (
     Map,
     MapAxes,
     MapAxis,
     Maps,
-    RegionGeom,
-    RegionNDMap,
     WcsGeom,
     WcsNDMap,
 )
-from pydantic import BaseModel
-from regions import CircleSkyRegion, PointSkyRegion, RegionMeta, RegionVisual
+from regions import CircleSkyRegion
 
-# the helper that CircleSkyRegion.to_pixel uses (pixel centre and local pixel
-# scale); it accepts array SkyCoords, which lets all regions go in one call
-from regions._utils.wcs_helpers import pixel_scale_angle_at_skycoord
-
+from . import _compat
+from ._compat import pixel_scale_angle_at_skycoord
 from .clustering import cluster_index_map, cluster_regions
 from .errors import InputError
 from .kernels.aperture import (
@@ -90,7 +84,6 @@ __all__ = ["IndexMapEstimator", "cluster_index_map", "cluster_regions", "extract
 log = logging.getLogger(__name__)
 
 _OFFSET = 1 * u.arcsec  # offset used by regions to measure the pixel scale
-_BINSZ_WCS = u.Quantity(0.1, u.deg)  # RegionGeom default, parsed once
 _CHUNK = 512  # regions per kernel call
 _PLAIN_FRAMES = (Galactic, ICRS)  # frames without attributes (`_PlainSky`)
 
@@ -830,95 +823,15 @@ def _irf_region_maps(irf, seeds):
         if tie[s]:
             out.append(irf.to_region_nd_map(region.center))
             continue
-        point = _point_region(region.center)
+        point = _compat.new_point_region(region.center)
         region_maps = [factory.map(factory.geom(point), s) for factory in factories] + [None]
-        out.append(_irf(irf.__class__, region_maps[0], region_maps[1]))
+        out.append(_compat.new_irf_map(irf.__class__, region_maps[0], region_maps[1]))
     return out
 
 
 # ----------------------------------------------------------------------------
 # gammapy objects, built without re-validating what the templates guarantee
 # ----------------------------------------------------------------------------
-def _region_geom(region, axes, wcs, ndim):
-    """``RegionGeom(region, axes=axes, wcs=wcs)`` for `MapAxes` ``axes`` (``ndim``:
-    their number plus 2), without rebuilding the axes (the constructor makes new
-    `MapAxes` of the same `MapAxis` objects) and recomputing the data shape."""
-    if not _direct_init_ok():
-        return RegionGeom(region, axes=axes, wcs=wcs, binsz_wcs=_BINSZ_WCS)
-    geom = RegionGeom.__new__(RegionGeom)
-    geom._region = region
-    geom._axes = axes
-    geom._binsz_wcs = _BINSZ_WCS
-    geom._wcs = wcs
-    geom.ndim = ndim
-    return geom
-
-
-def _region_nd_map(geom, data, unit, meta):
-    """``RegionNDMap(geom, data, unit=unit, meta=meta)`` without the data checks
-    (``unit``: a `~astropy.units.Unit`).
-
-    The callers pass data of shape ``geom.data_shape``; the checks of the
-    constructor recompute that shape several times, which dominates the cost of
-    building many small maps.
-    """
-    if not _direct_init_ok():
-        return RegionNDMap(geom, data=data, unit=unit, meta=meta)
-    region_map = RegionNDMap.__new__(RegionNDMap)
-    region_map._geom = geom
-    region_map._data = data
-    region_map._meta = meta
-    region_map._unit = unit
-    return region_map
-
-
-def _point_region(center):
-    """``PointSkyRegion(center)`` without validating the `SkyCoord` of a `CircleSkyRegion`."""
-    if not _direct_init_ok():
-        return PointSkyRegion(center)
-    point = PointSkyRegion.__new__(PointSkyRegion)
-    point.__dict__.update(center=center, meta=RegionMeta(), visual=RegionVisual())
-    return point
-
-
-def _irf(cls, irf_map, exposure_map):
-    """``cls(irf_map, exposure_map=exposure_map)`` for an IRF map class of gammapy,
-    without checking the axis names (those of the map it was extracted from)."""
-    if cls not in (EDispKernelMap, EDispMap) or not _direct_init_ok():
-        return cls(irf_map, exposure_map=exposure_map)
-    irf = cls.__new__(cls)
-    irf._irf_map = irf_map
-    irf.exposure_map = exposure_map
-    return irf
-
-
-@functools.cache
-def _direct_init_ok():
-    """Whether the constructors of gammapy and regions set the attributes that
-    `_region_geom`, `_region_nd_map`, `_irf` and `_point_region` set (checked
-    once per process): if a version sets others, the constructors are used."""
-    energy = MapAxis.from_energy_bounds(1, 10, 2, unit="TeV", name="energy")
-    energy_true = MapAxis.from_energy_bounds(1, 10, 3, unit="TeV", name="energy_true")
-    axes = MapAxes.from_default([energy, energy_true], n_spatial_axes=2)
-    region = PointSkyRegion(SkyCoord(0.0, 0.0, unit="deg", frame="galactic"))
-    wcs = WcsGeom.create(npix=3, binsz=0.1, frame="galactic").wcs
-    geom = RegionGeom(region, axes=axes, wcs=wcs, binsz_wcs=_BINSZ_WCS)
-    region_map = RegionNDMap(geom, data=np.zeros(geom.data_shape), unit="", meta={})
-    expected = [
-        (region, {"center", "meta", "visual"}),
-        (geom, {"_region", "_axes", "_binsz_wcs", "_wcs", "ndim"}),
-        (region_map, {"_geom", "_data", "_meta", "_unit"}),
-    ]
-    migra = MapAxis.from_bounds(0.2, 5, nbin=2, name="migra")
-    migra_map = RegionNDMap.create(region, axes=[migra, energy_true], wcs=wcs)
-    for cls, irf_map in ((EDispKernelMap, region_map), (EDispMap, migra_map)):
-        expected.append((cls(irf_map, exposure_map=None), {"_irf_map", "exposure_map"}))
-    ok = all(set(vars(obj)) == names for obj, names in expected)
-    if not ok:
-        log.debug("gammapy constructors set other attributes: building objects with them")
-    return ok
-
-
 class _RegionMaps:
     """Builds the `RegionNDMap` s that ``template.to_region_nd_map`` gives, of many regions.
 
@@ -947,11 +860,11 @@ class _RegionMaps:
         self.values = np.array(values, dtype=dtype).reshape((len(values),) + shape)
 
     def geom(self, region):
-        return _region_geom(region, self.axes, self.wcs, self.ndim)
+        return _compat.new_region_geom(region, self.axes, self.wcs, self.ndim)
 
     def map(self, geom, s):
         """Region map of region number ``s`` on ``geom``."""
-        return _region_nd_map(geom, self.values[s].copy(), self.unit, self.meta.copy())
+        return _compat.new_region_nd_map(geom, self.values[s].copy(), self.unit, self.meta.copy())
 
 
 def _random_names(n):
@@ -967,27 +880,6 @@ def _random_names(n):
                 seen.add(name)
                 names.append(name)
     return names
-
-
-def _dataset_metas(n):
-    """``n`` dataset metadata equal to the default ``MapDatasetMetaData()``.
-
-    Each dataset gets its own metadata objects (the constructor default
-    deep-copies a class-level creation record); only immutable values and the
-    creation time, an `~astropy.time.Time` that gammapy replaces rather than
-    modifies, are shared.
-    """
-    prototype = MapDatasetMetaData()
-    shared = (type(None), str, int, float, bool)
-    owned = [(field, value) for field, value in prototype if not isinstance(value, shared)]
-    metas = []
-    for _ in range(n):
-        meta = prototype.model_copy()
-        for field, value in owned:
-            meta.__dict__[field] = (value.model_copy() if isinstance(value, BaseModel)
-                                    else copy.deepcopy(value))
-        metas.append(meta)
-    return metas
 
 
 class _Builder:
@@ -1131,7 +1023,7 @@ def extract_spectra(dataset, regions, containment_correction=False, names=None):
     )
     builder = _Builder(dataset, sums, containment_correction)
     names = _random_names(len(regions)) if names is None else names
-    metas = _dataset_metas(len(regions))
+    metas = _compat.dataset_metas(len(regions))
     return Datasets([
         builder.build(s, region, names[s], edisps[s], metas[s])
         for s, region in enumerate(regions)

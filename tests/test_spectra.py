@@ -19,7 +19,7 @@ from gammapy.maps import MapAxis, WcsGeom
 from numpy.testing import assert_allclose, assert_array_equal
 from regions import CircleSkyRegion, RectangleSkyRegion
 
-from gpsfast import spectra
+from gpsfast import _compat, spectra
 from gpsfast.errors import InputError
 from gpsfast.spectra import extract_spectra, extract_spectra_table
 
@@ -448,7 +448,7 @@ def test_bad_input(car_dataset):
 def test_fast_paths_are_taken():
     """The parity tests above go through the fast paths, not their fallbacks."""
     assert spectra._plain_sky_exact()
-    assert spectra._direct_init_ok()
+    assert _compat.direct_init_ok()
 
 
 def test_big_endian_dataset_parity(car_dataset):
@@ -523,7 +523,7 @@ def test_fallback_paths_same_spectra(car_dataset, monkeypatch):
                if ref is not None]
     fast = extract_spectra(car_dataset, regions)
     monkeypatch.setattr(spectra, "_plain_sky_exact", lambda: False)
-    monkeypatch.setattr(spectra, "_direct_init_ok", lambda: False)
+    monkeypatch.setattr(_compat, "direct_init_ok", lambda: False)
     slow = _check_parity(car_dataset, regions)
     for a, b in zip(fast, slow):
         for key in ["counts", "background", "exposure", "mask_safe"]:

@@ -48,8 +48,9 @@ from gammapy.modeling.models import SkyModel
 from gammapy.modeling.models import (
     GeneralizedGaussianSpatialModel as _GammapyGeneralizedGaussian,
 )
-from gammapy.modeling.models.spatial import MAX_OVERSAMPLING
 
+from gpsfast import _compat
+from gpsfast._compat import MAX_OVERSAMPLING
 from gpsfast.kernels.sersic import (
     PROJ_CAR,
     PROJ_SIN,
@@ -396,7 +397,7 @@ def _solid_angle(geom, spec):
     the same pixel-corner triangles are computed here on plain arrays, and
     gammapy's own cached values are used when they exist.
     """
-    cached = geom.__dict__.get("_solid_angle")
+    cached = _compat.cached_solid_angle(geom)
     if cached is not None:
         return cached.to_value("sr").reshape(spec.shape)
     if geom not in _SOLID_ANGLE_CACHE:
