@@ -104,6 +104,7 @@ import weakref
 import numpy as np
 
 from gpsfast import _compat
+from gpsfast.irf.convolve import convolve_planes, convolve_psf
 
 __all__ = ["accelerate", "accelerated", "convolve_planes", "convolve_psf", "deaccelerate", "is_accelerated"]
 
@@ -114,7 +115,6 @@ _LOCK = threading.RLock()
 _TWIN_LOCK = threading.Lock()
 _STATE = {"depth": 0, "saved": None}
 _TWINS = weakref.WeakKeyDictionary()
-_KERNEL_SPECTRA = weakref.WeakKeyDictionary()
 _DATASET_STATES = weakref.WeakKeyDictionary()
 _SLICES = {}
 _MAX_SLICES = 4096
@@ -163,7 +163,6 @@ def deaccelerate():
             _restore(saved)
             with _TWIN_LOCK:
                 _TWINS.clear()
-                _KERNEL_SPECTRA.clear()
                 _DATASET_STATES.clear()
                 _SLICES.clear()
             log.debug("gpsfast drop-in mode off: gammapy restored")
@@ -219,7 +218,7 @@ def _patches():
     from gammapy.modeling.models import GeneralizedGaussianSpatialModel as GammapyModel
     from gammapy.modeling.models import SkyModel
 
-    from gpsfast.fit import FastEDispKernelMap, FastPSFMap
+    from gpsfast.irf import FastEDispKernelMap, FastPSFMap
     from gpsfast.models.sersic import GeneralizedGaussianSpatialModel as FastModel
 
     def model_twin(model):
@@ -576,100 +575,3 @@ def _convolve_patch(cls, kernel_cls):
         return original(self, kernel, method=method, mode=mode)
 
     return convolve
-
-
-def convolve_psf(sky_map, kernel):
-    """Convolve a WCS map with a PSF kernel as ``WcsNDMap.convolve`` (FFT, "same" mode).
-
-    The result equals gammapy's: every energy plane is convolved with the
-    kernel plane of its energy (an image with every kernel plane, giving a
-    cube), with ``scipy.signal.fftconvolve``'s FFT lengths, dtypes and centring.
-    The planes are transformed in one batch, an image once for all kernel
-    planes, and the kernel's transform is kept per kernel object
-    (until the kernel is deleted, its data array replaced or the drop-in mode
-    ends).
-
-    Parameters
-    ----------
-    sky_map : `~gammapy.maps.WcsNDMap`
-        Image, or cube with one plane per kernel plane.
-    kernel : `~gammapy.irf.PSFKernel`
-        PSF kernel with one plane per energy.
-
-    Returns
-    -------
-    convolved : `~gammapy.maps.WcsNDMap` or None
-        Convolved map (float32, as gammapy's), or None for the cases left to
-        gammapy (other shapes, kernels with another pixel size).
-    """
-    kernel_map = kernel.psf_kernel_map
-    geom = sky_map.geom
-    if kernel_map.data.ndim != 3 or not np.allclose(
-        geom.pixel_scales.deg, kernel_map.geom.pixel_scales.deg, rtol=1e-5
-    ):
-        return None
-    if geom.is_image:
-        images = sky_map.data.astype(np.float32)[np.newaxis]
-        geom = geom.to_cube(kernel_map.geom.axes)
-    elif sky_map.data.ndim == 3 and geom.shape_axes == kernel_map.data.shape[:1]:
-        images = sky_map.data
-        geom = geom.copy()
-    else:
-        return None
-    data = convolve_planes(images, kernel)
-    if data is None:
-        return None
-    return _compat.map_init_copy(sky_map, data=data, geom=geom)
-
-
-def convolve_planes(images, kernel):
-    """FFT convolution of image planes with a PSF kernel's planes, as ``scipy.signal.fftconvolve``.
-
-    The array core of `convolve_psf` (no pixel-size check): one image, shape
-    (1, ny, nx), convolved with every kernel plane, or one image per kernel
-    plane; "same" mode, float32 result.
-
-    Parameters
-    ----------
-    images : ndarray, shape (1, ny, nx) or (n_planes, ny, nx)
-        Images (float32 as gammapy's maps, or float64).
-    kernel : `~gammapy.irf.PSFKernel`
-        PSF kernel with n_planes planes.
-
-    Returns
-    -------
-    convolved : ndarray, float32, shape (n_planes, ny, nx), or None
-        None for the cases left to gammapy (empty or complex data).
-    """
-    from scipy import fft as sp_fft
-
-    kernel_data = kernel.psf_kernel_map.data
-    if images.size == 0 or kernel_data.size == 0:
-        return None
-    if images.dtype.kind == "c" or kernel_data.dtype.kind == "c":
-        return None
-    image_shape = np.array(images.shape[-2:])
-    full_shape = image_shape + kernel_data.shape[-2:] - 1
-    fft_shape = tuple(sp_fft.next_fast_len(int(n), True) for n in full_shape)
-    spectrum = sp_fft.rfftn(images, fft_shape, axes=(-2, -1))
-    spectrum = spectrum * _kernel_spectrum(kernel, fft_shape)
-    convolved = sp_fft.irfftn(spectrum, fft_shape, axes=(-2, -1))
-    start = (full_shape - image_shape) // 2
-    stop = start + image_shape
-    return convolved[..., start[0] : stop[0], start[1] : stop[1]].astype(np.float32)
-
-
-def _kernel_spectrum(kernel, fft_shape):
-    """rfft of the float32 kernel planes on ``fft_shape``, kept per kernel object."""
-    from scipy import fft as sp_fft
-
-    data = kernel.psf_kernel_map.data
-    spectra = _KERNEL_SPECTRA.get(kernel)
-    if spectra is None or spectra[0] is not data:
-        spectra = (data, {})
-        with _TWIN_LOCK:
-            _KERNEL_SPECTRA[kernel] = spectra
-    cache = spectra[1]
-    if fft_shape not in cache:
-        cache[fft_shape] = sp_fft.rfftn(data.astype(np.float32), fft_shape, axes=(-2, -1))
-    return cache[fft_shape]

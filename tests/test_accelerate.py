@@ -26,12 +26,12 @@ from gammapy.modeling.models import (
 )
 
 from gpsfast.accelerate import accelerate, accelerated, convolve_psf, deaccelerate, is_accelerated
-from gpsfast.fit import FastEDispKernelMap, FastPSFMap
+from gpsfast.irf import FastEDispKernelMap, FastPSFMap
 from gpsfast.models.sersic import GeneralizedGaussianSpatialModel as CompiledModel
 from gpsfast.simulate import make_survey
 
-# the module (gpsfast.accelerate may be re-bound to the function by gpsfast/__init__.py)
-accelerate_module = importlib.import_module("gpsfast.accelerate")
+# the module of the PSF convolution (spied on below)
+convolve_module = importlib.import_module("gpsfast.irf.convolve")
 
 PATCHED_CLASSES = (
     GeneralizedGaussianSpatialModel, PSFMap, EDispKernelMap, WcsNDMap, WcsGeom, SkyModel, MapDataset,
@@ -110,13 +110,13 @@ def fast_calls(monkeypatch):
     spy(CompiledModel, "integrate_geom")
     spy(FastPSFMap, "get_psf_kernel")
     spy(FastEDispKernelMap, "get_edisp_kernel")
-    original = accelerate_module.convolve_planes
+    original = convolve_module.convolve_planes
 
     def convolve(*args):
         counts["convolve_planes"] = counts.get("convolve_planes", 0) + 1
         return original(*args)
 
-    monkeypatch.setattr(accelerate_module, "convolve_planes", convolve)
+    monkeypatch.setattr(convolve_module, "convolve_planes", convolve)
     return counts
 
 
