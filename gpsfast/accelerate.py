@@ -455,9 +455,9 @@ def _npred_signal_patch(cls):
             return original(self, model_names=model_names, stack=stack)
         from gammapy.maps import Map
 
-        from gpsfast.fit import _signal_array
+        from gpsfast.evaluate.engine import signal_array
 
-        data = _signal_array(self, _dataset_states(self), model_names)
+        data = signal_array(self, _dataset_states(self), model_names)
         return Map.from_geom(_compat.dataset_geom(self), data=data)
 
     return npred_signal
@@ -469,11 +469,11 @@ def _stat_sum_patch(cls):
 
     @functools.wraps(wrapped)
     def stat_sum(self):
-        from gpsfast.fit import _cash_stat_sum, _fast_stat_supported
+        from gpsfast.evaluate.engine import cash_stat_sum, fast_stat_supported
 
-        if type(self) is not cls or not _fast_stat_supported(self):
+        if type(self) is not cls or not fast_stat_supported(self):
             return original(self)
-        return _cash_stat_sum(self, _dataset_states(self))
+        return cash_stat_sum(self, _dataset_states(self))
 
     return stat_sum
 
