@@ -31,7 +31,10 @@ from regions import CircleSkyRegion
 from scipy.signal import fftconvolve
 
 from gpsfast.kernels.aperture import DISK, aperture_sums, correlate_masked, disk_weights
-from gpsfast.spectra import IndexMapEstimator, _circles, _native, _Seeds, extract_spectra
+from gpsfast.spectra import IndexMapEstimator, extract_spectra
+from gpsfast.spectra.pixels import seed_circles as _circles
+from gpsfast.spectra.reduce import native_floats as _native
+from gpsfast.spectra.seeds import Seeds as _Seeds
 
 N_SEEDS = 100
 
