@@ -5,15 +5,14 @@ models); `npred_signal` is gammapy's ``MapDataset.npred_signal`` with the fast I
 kernels of `gpsfast.irf.fast_irfs`.
 """
 from gammapy.datasets import Datasets, MapDataset
-from gammapy.irf import EDispKernelMap, PSFMap
 from gammapy.maps import Map
 from gammapy.modeling import Parameter
 
-from gpsfast import _compat
+from gpsfast import _compat, twins
 from gpsfast.errors import InputError
 from gpsfast.evaluate.engine import cash_stat_sum, fast_stat_supported, signal_array
 from gpsfast.evaluate.source import parameter_names
-from gpsfast.irf import FastEDispKernelMap, FastPSFMap, fast_irfs
+from gpsfast.irf import fast_irfs
 
 __all__ = ["FastDatasets", "FastMapDataset", "fast_dataset", "fast_datasets", "npred_signal"]
 
@@ -91,8 +90,8 @@ class FastMapDataset(MapDataset):
 def fast_dataset(dataset):
     """`FastMapDataset` sharing the maps, models and evaluators of a `~gammapy.datasets.MapDataset`.
 
-    The PSF and energy dispersion maps are swapped for `FastPSFMap` and
-    `FastEDispKernelMap` sharing the same data. The new dataset has its own
+    The PSF and energy dispersion maps are swapped for their twins, `FastPSFMap`
+    and `FastEDispKernelMap` sharing the same data (`gpsfast.twins`). The new dataset has its own
     evaluator dictionary holding the same evaluator objects, so that kernels
     already computed are kept. Setting ``models`` on either dataset does not
     affect the other.
@@ -110,13 +109,16 @@ def fast_dataset(dataset):
         return dataset
     if type(dataset) is not MapDataset:
         raise InputError(f"fast_dataset: expected a gammapy MapDataset, got {type(dataset).__name__}")
+    return _twin(dataset)
+
+
+def _twin(dataset):
+    """The `FastMapDataset` twin of a MapDataset (`fast_dataset`)."""
     fast = _compat.copy_as(dataset, FastMapDataset)
     fast.__dict__.pop("_fast_sources", None)
     _compat.set_dataset_evaluators(fast, dict(_compat.dataset_evaluators(dataset)))
-    if isinstance(dataset.psf, PSFMap) and not isinstance(dataset.psf, FastPSFMap):
-        fast.psf = FastPSFMap.from_psf_map(dataset.psf)
-    if type(dataset.edisp) is EDispKernelMap:
-        fast.edisp = FastEDispKernelMap.from_edisp_map(dataset.edisp)
+    fast.psf = twins.fast_or_same(dataset.psf)
+    fast.edisp = twins.fast_or_same(dataset.edisp)
     return fast
 
 
@@ -252,3 +254,5 @@ def npred_signal(dataset, model_names=None, stack=True):
     with fast_irfs(dataset):
         return dataset.npred_signal(model_names=model_names, stack=stack)
 
+
+twins.register(MapDataset, FastMapDataset, _twin)

@@ -9,13 +9,12 @@ only the spectrum recomputes only the spectral integrals and one compiled foldin
 import numpy as np
 import astropy.units as u
 from gammapy.maps import WcsGeom
-from gammapy.modeling.models import GeneralizedGaussianSpatialModel as GammapyModel
 from gammapy.modeling.models import LogParabolaSpectralModel, PowerLawSpectralModel, SkyModel
 
-from gpsfast import _compat
+from gpsfast import _compat, twins
 from gpsfast.irf import convolve
 from gpsfast.kernels.npred import fold_energy, log_parabola_integrals, power_law_integrals
-from gpsfast.models.sersic import GeneralizedGaussianSpatialModel as FastModel
+from gpsfast.models import sersic  # noqa: F401 (registers the compiled generalized Gaussian as a twin)
 
 __all__ = ["SourceNpred", "components", "fast_source_supported", "parameter_names", "parameter_state"]
 
@@ -59,14 +58,14 @@ class SourceNpred:
     def _spatial_model(self):
         """The spatial model, or its compiled twin for a plain gammapy generalized Gaussian."""
         spatial = self.evaluator.model.spatial_model
-        if type(spatial) is not GammapyModel:
+        if not twins.has_twin(spatial):
             return spatial
         key = (spatial, spatial.frame, *spatial.parameters)
         twin = self.spatial_twin
         if twin is None or len(twin[0]) != len(key) or not all(
             a is b or (isinstance(a, str) and a == b) for a, b in zip(twin[0], key)
         ):
-            twin = (key, FastModel.from_gammapy(spatial))
+            twin = (key, twins.fast_twin(spatial))
             self.spatial_twin = twin
         return twin[1]
 

@@ -2,10 +2,9 @@
 import contextlib
 
 from gammapy.datasets import MapDataset
-from gammapy.irf import EDispKernelMap, PSFMap
 
-from gpsfast.irf.edisp import FastEDispKernelMap
-from gpsfast.irf.psf import FastPSFMap
+from gpsfast import twins
+from gpsfast.irf import edisp, psf  # noqa: F401 (they register FastEDispKernelMap and FastPSFMap as twins)
 
 __all__ = ["fast_irfs"]
 
@@ -15,8 +14,9 @@ def fast_irfs(datasets):
     """Use `FastPSFMap` and `FastEDispKernelMap` in the datasets inside the block.
 
     The datasets' ``psf`` (a `~gammapy.irf.PSFMap`) and ``edisp`` (an
-    `~gammapy.irf.EDispKernelMap`) are swapped for their fast subclasses sharing
-    the same maps, then restored; other IRF types are left alone. npred, fits
+    `~gammapy.irf.EDispKernelMap`) are swapped for their fast twins sharing
+    the same maps (`gpsfast.twins`), then restored; other IRF types, and
+    subclasses of these, are left alone. npred, fits
     and everything else computed inside are gammapy's, with the same results
     (kernels equal to float32 rounding).
 
@@ -32,14 +32,12 @@ def fast_irfs(datasets):
     datasets = [datasets] if isinstance(datasets, MapDataset) else list(datasets)
     saved = [(dataset, dataset.psf, dataset.edisp) for dataset in datasets]
     try:
-        for dataset, psf, edisp in saved:
-            if isinstance(psf, PSFMap) and not isinstance(psf, FastPSFMap):
-                dataset.psf = FastPSFMap.from_psf_map(psf)
-            if type(edisp) is EDispKernelMap:
-                dataset.edisp = FastEDispKernelMap.from_edisp_map(edisp)
+        for dataset, psf_map, edisp_map in saved:
+            dataset.psf = twins.fast_or_same(psf_map)
+            dataset.edisp = twins.fast_or_same(edisp_map)
         yield datasets
     finally:
-        for dataset, psf, edisp in saved:
-            dataset.psf = psf
-            dataset.edisp = edisp
+        for dataset, psf_map, edisp_map in saved:
+            dataset.psf = psf_map
+            dataset.edisp = edisp_map
 

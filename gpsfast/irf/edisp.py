@@ -4,7 +4,7 @@ from astropy.coordinates import SkyCoord
 from gammapy.irf import EDispKernel, EDispKernelMap
 from gammapy.maps import RegionGeom
 
-from gpsfast import _compat
+from gpsfast import _compat, twins
 from gpsfast.errors import InputError
 from gpsfast.irf.lookup import CachedMaskSafe, nearest_index
 
@@ -64,3 +64,5 @@ class FastEDispKernelMap(CachedMaskSafe, EDispKernelMap):
             cache[key] = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0).astype(data.dtype)
         return EDispKernel(axes=geom.axes[["energy_true", "energy"]], data=cache[key].copy())
 
+
+twins.register(EDispKernelMap, FastEDispKernelMap, FastEDispKernelMap.from_edisp_map)

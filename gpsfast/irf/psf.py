@@ -12,7 +12,7 @@ from gammapy.irf import PSFKernel, PSFMap
 from gammapy.maps import Map, WcsGeom
 from gammapy.utils.array import round_up_to_odd
 
-from gpsfast import _compat
+from gpsfast import _compat, twins
 from gpsfast._compat import PSF_MAX_OVERSAMPLING
 from gpsfast.irf.lookup import CachedMaskSafe, interp_axis, linear_weights, scaled_cell_weights
 
@@ -312,3 +312,5 @@ class FastPSFMap(CachedMaskSafe, PSFMap):
                 _KERNEL_GRIDS[key] = grid
         return grid
 
+
+twins.register(PSFMap, FastPSFMap, FastPSFMap.from_psf_map)

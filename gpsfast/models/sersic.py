@@ -49,7 +49,7 @@ from gammapy.modeling.models import (
     GeneralizedGaussianSpatialModel as _GammapyGeneralizedGaussian,
 )
 
-from gpsfast import _compat
+from gpsfast import _compat, twins
 from gpsfast._compat import MAX_OVERSAMPLING
 from gpsfast.kernels.sersic import (
     PROJ_CAR,
@@ -470,7 +470,7 @@ def accelerate_models(models):
     for model in _iter_sky_models(models):
         spatial = model.spatial_model
         if type(spatial) is _GammapyGeneralizedGaussian:
-            model.spatial_model = GeneralizedGaussianSpatialModel.from_gammapy(spatial)
+            model.spatial_model = twins.fast_twin(spatial)
             n_switched += 1
     return n_switched
 
@@ -494,3 +494,7 @@ def restore_gammapy_models(models):
             model.spatial_model = model.spatial_model.to_gammapy()
             n_switched += 1
     return n_switched
+
+
+twins.register(_GammapyGeneralizedGaussian, GeneralizedGaussianSpatialModel,
+               GeneralizedGaussianSpatialModel.from_gammapy)
