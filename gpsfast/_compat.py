@@ -193,13 +193,8 @@ def new_region_geom(region, axes, wcs, ndim):
     """
     if not direct_init_ok():
         return RegionGeom(region, axes=axes, wcs=wcs, binsz_wcs=REGION_GEOM_BINSZ_WCS)
-    geom = RegionGeom.__new__(RegionGeom)
-    geom._region = region
-    geom._axes = axes
-    geom._binsz_wcs = REGION_GEOM_BINSZ_WCS
-    geom._wcs = wcs
-    geom.ndim = ndim
-    return geom
+    return _without_init(RegionGeom, _region=region, _axes=axes, _binsz_wcs=REGION_GEOM_BINSZ_WCS, _wcs=wcs,
+                         ndim=ndim)
 
 
 def new_region_nd_map(geom, data, unit, meta):
@@ -211,21 +206,14 @@ def new_region_nd_map(geom, data, unit, meta):
     """
     if not direct_init_ok():
         return RegionNDMap(geom, data=data, unit=unit, meta=meta)
-    region_map = RegionNDMap.__new__(RegionNDMap)
-    region_map._geom = geom
-    region_map._data = data
-    region_map._meta = meta
-    region_map._unit = unit
-    return region_map
+    return _without_init(RegionNDMap, _geom=geom, _data=data, _meta=meta, _unit=unit)
 
 
 def new_point_region(center):
     """``PointSkyRegion(center)`` without validating the `~astropy.coordinates.SkyCoord` again."""
     if not direct_init_ok():
         return PointSkyRegion(center)
-    point = PointSkyRegion.__new__(PointSkyRegion)
-    point.__dict__.update(center=center, meta=RegionMeta(), visual=RegionVisual())
-    return point
+    return _without_init(PointSkyRegion, center=center, meta=RegionMeta(), visual=RegionVisual())
 
 
 def new_irf_map(cls, irf_map, exposure_map):
@@ -235,10 +223,14 @@ def new_irf_map(cls, irf_map, exposure_map):
     """
     if cls not in (EDispKernelMap, EDispMap) or not direct_init_ok():
         return cls(irf_map, exposure_map=exposure_map)
-    irf = cls.__new__(cls)
-    irf._irf_map = irf_map
-    irf.exposure_map = exposure_map
-    return irf
+    return _without_init(cls, _irf_map=irf_map, exposure_map=exposure_map)
+
+
+def _without_init(cls, **attributes):
+    """A ``cls`` object whose ``__dict__`` is ``attributes`` (the constructor is not run)."""
+    obj = cls.__new__(cls)
+    obj.__dict__.update(attributes)
+    return obj
 
 
 @functools.cache

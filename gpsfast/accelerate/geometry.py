@@ -16,6 +16,7 @@ from gammapy.maps import WcsGeom
 from gammapy.utils.array import round_up_to_odd
 
 from gpsfast import _compat
+from gpsfast.pixels import image_key_parts
 
 __all__ = ["clear_caches", "cutout_slices", "mask_cutout_any", "trim_cutout"]
 
@@ -40,7 +41,7 @@ def cutout_slices(geom, parent, mode, original):
     half pixel where ``overlap_slices`` rounds). ``original`` is gammapy's
     ``cutout_slices``; None for geometries that are not sure to be plain.
     """
-    own, other = _image_key_parts(geom), _image_key_parts(parent)
+    own, other = image_key_parts(geom), image_key_parts(parent)
     if own is None or other is None:
         return None
     key = own[0] + (own[1].tobytes(),), other[0] + (other[1].tobytes(),), mode
@@ -158,27 +159,3 @@ def mask_cutout_any(model, mask, margin):
     except (NoOverlapError, ValueError):
         return False
     return bool(np.any(mask.data[slices]))
-
-
-def _image_key_parts(geom):
-    """What a WcsGeom's pixel <-> sky transform depends on, but the reference pixel; and the reference pixel.
-
-    Returns ``(key, crpix)`` with the image shape last in ``key``, or None where not sure.
-    """
-    wcs = geom.wcs
-    if not geom.is_regular or wcs.has_distortion:
-        return None
-    prm = wcs.wcs
-    numbers = np.concatenate(
-        [prm.crval, prm.cdelt, prm.get_pc().ravel(), [prm.lonpole, prm.latpole, prm.equinox]]
-    )
-    key = (
-        numbers.tobytes(),
-        tuple(prm.ctype),
-        tuple(str(unit) for unit in prm.cunit),
-        tuple(prm.get_pv()),
-        prm.radesys,
-        prm.has_cd(),
-        tuple(int(n) for n in geom.data_shape[-2:]),
-    )
-    return key, np.array(prm.crpix, dtype=float)

@@ -6,7 +6,8 @@ from gammapy.maps import RegionGeom
 
 from gpsfast import _compat, twins
 from gpsfast.errors import InputError
-from gpsfast.irf.lookup import CachedMaskSafe, nearest_index
+from gpsfast.irf.lookup import CachedMaskSafe
+from gpsfast.pixels import nearest_pixel
 
 __all__ = ["FastEDispKernelMap"]
 
@@ -57,7 +58,8 @@ class FastEDispKernelMap(CachedMaskSafe, EDispKernelMap):
         position = _compat.nearest_valid_position(self, position)
         x, y = geom.to_image().coord_to_pix(position)
         ny, nx = geom.data_shape[-2:]
-        key = (nearest_index(x, nx), nearest_index(y, ny))
+        # gammapy's nearest-neighbour lookup: ties go down
+        key = tuple(int(nearest_pixel(np.ravel(pix)[0], n, ties="down")) for pix, n in ((x, nx), (y, ny)))
         cache = self.__dict__.setdefault("_fast_kernels", {})
         if key not in cache:
             data = self.edisp_map.data[..., key[1], key[0]]

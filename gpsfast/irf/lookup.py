@@ -1,4 +1,4 @@
-"""Lookups in IRF maps as gammapy does them: interpolation weights, nearest pixel, safe mask.
+"""Lookups in IRF maps as gammapy does them: interpolation weights and the safe mask.
 
 gammapy interpolates IRF maps with ``scipy.interpolate.RegularGridInterpolator``
 (through ``ScaledRegularGridInterpolator``, on axes scaled by their ``interp``):
@@ -9,7 +9,7 @@ from gammapy.utils.interpolation import interpolation_scale
 
 from gpsfast import _compat
 
-__all__ = ["CachedMaskSafe", "interp_axis", "linear_weights", "nearest_index", "scaled_cell_weights"]
+__all__ = ["CachedMaskSafe", "interp_axis", "linear_weights", "scaled_cell_weights"]
 
 
 def linear_weights(pix, n):
@@ -45,16 +45,6 @@ def scaled_cell_weights(axis, coord):
     values = np.asarray(scale(coord), dtype=float)
     index = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, grid.size - 2)
     return index, (values - grid[index]) / (grid[index + 1] - grid[index])
-
-
-
-def nearest_index(pix, n):
-    """Nearest grid index as scipy's RegularGridInterpolator (ties go down, edges clip)."""
-    if n == 1:
-        return 0
-    pix = float(np.asarray(pix, dtype=float).ravel()[0])
-    index = int(np.clip(np.searchsorted(np.arange(n, dtype=float), pix) - 1, 0, n - 2))
-    return index if pix - index <= 0.5 else index + 1
 
 
 class CachedMaskSafe:

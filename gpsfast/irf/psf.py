@@ -15,6 +15,7 @@ from gammapy.utils.array import round_up_to_odd
 from gpsfast import _compat, twins
 from gpsfast._compat import PSF_MAX_OVERSAMPLING
 from gpsfast.irf.lookup import CachedMaskSafe, interp_axis, linear_weights, scaled_cell_weights
+from gpsfast.pixels import image_key
 
 __all__ = ["FastPSFMap"]
 
@@ -22,14 +23,6 @@ __all__ = ["FastPSFMap"]
 _KERNEL_GRIDS = {}
 _KERNEL_GRIDS_LOCK = threading.Lock()
 _MAX_KERNEL_GRIDS = 1024
-
-
-def _wcs_key(geom):
-    """What the kernel grid of a WCS geometry depends on (reference, pixel size, shape)."""
-    wcs = geom.wcs.wcs
-    return (
-        tuple(wcs.crval), tuple(wcs.cdelt), tuple(wcs.crpix), tuple(wcs.ctype), geom.data_shape[-2:],
-    )
 
 
 class FastPSFMap(CachedMaskSafe, PSFMap):
@@ -216,7 +209,9 @@ class FastPSFMap(CachedMaskSafe, PSFMap):
         factors = np.minimum(np.ceil(precision_factor / base_factor).astype(int), PSF_MAX_OVERSAMPLING)
         geom = self._odd_npix_geom(geom, max_radius)
         rad_edges = self.psf_map.geom.axes["rad"].edges
-        wcs_key = (_wcs_key(geom), str(rad_edges.unit), rad_edges.value.tobytes())
+        grid_key = image_key(geom)
+        if grid_key is not None:
+            grid_key = (grid_key, str(rad_edges.unit), rad_edges.value.tobytes())
         profiles = self._profiles_at(pix)
         data = np.zeros(geom.data_shape, dtype=np.float32)
         binsz = geom.to_image().pixel_scales.max()
@@ -227,7 +222,7 @@ class FastPSFMap(CachedMaskSafe, PSFMap):
         npixs = round_up_to_odd((2 * radii / binsz).to_value(""))
         for ind in range(n_images):
             npix = int(npixs[ind])
-            rad_index, rad_weight, slices = self._kernel_grid(geom, wcs_key, npix, factors[ind])
+            rad_index, rad_weight, slices = self._kernel_grid(geom, grid_key, npix, factors[ind])
             e_index, e_weight = linear_weights(energy_pix[ind], profiles.shape[0])
             profile = interp_axis(profiles, e_index, e_weight, axis=0)
             values = np.clip(interp_axis(profile, rad_index, rad_weight, axis=0), 0, np.inf)
@@ -278,14 +273,15 @@ class FastPSFMap(CachedMaskSafe, PSFMap):
         rows = interp_axis(data, iy, wy, axis=2)
         return interp_axis(rows, ix, wx, axis=2)
 
-    def _kernel_grid(self, geom, wcs_key, npix, factor):
+    def _kernel_grid(self, geom, grid_key, npix, factor):
         """Rad-axis weights of the sub-pixels and the slices of the kernel image.
 
         They depend only on the geometry and the PSF map's rad axis: they are
-        kept in a module-wide cache shared by all `FastPSFMap` objects.
+        kept in a module-wide cache shared by all `FastPSFMap` objects, keyed by
+        `gpsfast.pixels.image_key` of the geometry and the rad-axis edges.
         """
-        key = (wcs_key, npix, factor)
-        grid = _KERNEL_GRIDS.get(key)
+        key = None if grid_key is None else (grid_key, npix, factor)
+        grid = None if key is None else _KERNEL_GRIDS.get(key)
         if grid is None:
             image = geom.to_image()
             # what WcsGeom.to_odd_npix builds for a radius giving npix pixels
@@ -304,6 +300,8 @@ class FastPSFMap(CachedMaskSafe, PSFMap):
                 slice(int(idx[0].min()), int(idx[0].max()) + 1),
             )
             grid = (rad_index, rad_weight, slices)
+            if key is None:  # no key sure to describe the geometry (gpsfast.pixels.image_key)
+                return grid
             # the entry is inserted whole, and the caller gets its own reference:
             # threads clearing or filling the cache at the same time do not disturb it
             with _KERNEL_GRIDS_LOCK:

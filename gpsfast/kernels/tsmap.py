@@ -24,10 +24,11 @@ summed in gammapy's order, as gammapy does.
 Output columns are named in `QUANTITIES`.
 """
 import math
-from decimal import Decimal, localcontext
 
 import numpy as np
 from numba import njit, prange
+
+from gpsfast.kernels.elementary import MANTISSA_BITS, ONE_BITS, TRUNCATION, log_of_parts
 
 __all__ = [
     "LOG_TRUNCATION",
@@ -39,8 +40,6 @@ __all__ = [
     "ts_map",
 ]
 
-TRUNCATION = 1e-25
-"""Predicted counts below this are replaced by it in the Cash statistic."""
 LOG_TRUNCATION = math.log(float(np.float32(TRUNCATION)))
 """Logarithm used for truncated predicted counts (gammapy's Cython statistic takes it in single precision)."""
 XTOL = 2e-12
@@ -70,15 +69,6 @@ _FAST = {"reassoc"}
 """Numba fast-math flags of the vectorised loops: re-association only (no fused multiply-add, IEEE NaN and
 infinity semantics are kept)."""
 
-# log(2) split in a high part with 21 trailing zero bits (exact products with exponents) and the rest
-with localcontext() as _context:
-    _context.prec = 40
-    _LN2 = Decimal(2).ln()
-    _LN2_HI = float((np.array([float(_LN2)]).view(np.int64) & ~((1 << 21) - 1)).view(np.float64)[0])
-    _LN2_LO = float(_LN2 - Decimal(_LN2_HI))
-_SQRT2 = math.sqrt(2.0)
-_MANTISSA = (1 << 52) - 1
-_ONE_BITS = 1023 << 52
 
 # rows of the per-thread workspace: elements with counts > 0 and model != 0 (PC, PB, PM, PL, PI: counts,
 # background, model, log of the background, index in the window), without counts and with model != 0
@@ -94,9 +84,8 @@ _WS_ROWS = 11
 def log_into(values, out, scratch, n):
     """Natural logarithm of positive values, vectorised.
 
-    ``log(m 2**e) = e log(2) + 2 atanh((m - 1) / (m + 1))`` with ``m`` in
-    ``[sqrt(2) / 2, sqrt(2)]`` and the atanh series to 11 terms; within 2 ulp
-    of the C library ``log``.
+    `gpsfast.kernels.elementary.log_of_parts` on the mantissa and exponent bits
+    of each value; within 2 ulp of the C library ``log``.
 
     Parameters
     ----------
@@ -113,29 +102,11 @@ def log_into(values, out, scratch, n):
     mantissa_bits = scratch[:n].view(np.int64)
     for i in range(n):
         b = bits[i]
-        mantissa_bits[i] = (b & _MANTISSA) | _ONE_BITS
+        mantissa_bits[i] = (b & MANTISSA_BITS) | ONE_BITS
         out[i] = np.float64(((b >> 52) & 0x7FF) - 1023)
     mantissa = scratch[:n]
     for i in range(n):
-        m = mantissa[i]
-        big = m > _SQRT2
-        m = m * 0.5 if big else m
-        e = out[i] + 1.0 if big else out[i]
-        f = m - 1.0
-        s = f / (2.0 + f)
-        z = s * s
-        p = 1.0 / 23.0
-        p = p * z + 1.0 / 21.0
-        p = p * z + 1.0 / 19.0
-        p = p * z + 1.0 / 17.0
-        p = p * z + 1.0 / 15.0
-        p = p * z + 1.0 / 13.0
-        p = p * z + 1.0 / 11.0
-        p = p * z + 1.0 / 9.0
-        p = p * z + 1.0 / 7.0
-        p = p * z + 1.0 / 5.0
-        p = p * z + 1.0 / 3.0
-        result = e * _LN2_HI + (e * _LN2_LO + (2.0 * s + 2.0 * s * z * p))
+        result = log_of_parts(mantissa[i], out[i])
         out[i] = np.inf if values[i] == np.inf else result
 
 

@@ -357,7 +357,12 @@ class GeneralizedGaussianSpatialModel(_GammapyGeneralizedGaussian):
 
 
 def _transform_position(lon, lat, frame_from, frame_to):
-    """Transform a position in degrees between two frames with the cached rotation."""
+    """Transform a position in degrees between two frames with the cached rotation.
+
+    The longitude is wrapped to [0, 360) with ``%`` rather than ``Angle.wrap_at``:
+    this runs at every cutout update of a source in another frame than the map's,
+    on plain floats.
+    """
     lon, lat = math.radians(lon), math.radians(lat)
     vector = np.array(
         [math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)]
@@ -444,10 +449,16 @@ def _shape_vector(r_0_deg, eta, e, phi_deg):
     )
 
 
-def _iter_sky_models(models):
+def _switch_spatial_models(models, convert):
+    """Replace the spatial model of each sky model by ``convert(spatial)`` where that is not None; how many."""
+    n_switched = 0
     for model in models:
         if isinstance(model, SkyModel) and model.spatial_model is not None:
-            yield model
+            new = convert(model.spatial_model)
+            if new is not None:
+                model.spatial_model = new
+                n_switched += 1
+    return n_switched
 
 
 def accelerate_models(models):
@@ -466,13 +477,8 @@ def accelerate_models(models):
     n_switched : int
         Number of spatial models replaced.
     """
-    n_switched = 0
-    for model in _iter_sky_models(models):
-        spatial = model.spatial_model
-        if type(spatial) is _GammapyGeneralizedGaussian:
-            model.spatial_model = twins.fast_twin(spatial)
-            n_switched += 1
-    return n_switched
+    return _switch_spatial_models(models, lambda spatial: twins.fast_twin(spatial)
+                                  if type(spatial) is _GammapyGeneralizedGaussian else None)
 
 
 def restore_gammapy_models(models):
@@ -488,12 +494,8 @@ def restore_gammapy_models(models):
     n_switched : int
         Number of spatial models replaced.
     """
-    n_switched = 0
-    for model in _iter_sky_models(models):
-        if isinstance(model.spatial_model, GeneralizedGaussianSpatialModel):
-            model.spatial_model = model.spatial_model.to_gammapy()
-            n_switched += 1
-    return n_switched
+    return _switch_spatial_models(models, lambda spatial: spatial.to_gammapy()
+                                  if isinstance(spatial, GeneralizedGaussianSpatialModel) else None)
 
 
 twins.register(_GammapyGeneralizedGaussian, GeneralizedGaussianSpatialModel,

@@ -16,6 +16,7 @@ from gammapy.maps import Map, MapAxis, Maps, WcsNDMap
 from gpsfast.errors import InputError
 from gpsfast.kernels.aperture import correlate_masked, disk_weights
 from gpsfast.kernels.plfit import fit_powerlaw_map
+from gpsfast.pixels import nearest_pixel
 from gpsfast.spectra.reduce import check_dataset, native_floats
 
 __all__ = ["IndexMapEstimator"]
@@ -97,8 +98,9 @@ class IndexMapEstimator:
         coords = dataset.counts.geom.to_image().get_coord().skycoord
         x, y = kernel.geom.wcs.world_to_pixel(coords)
         ny_irf, nx_irf = kernel.geom.to_image().data_shape
-        iy = np.clip(np.floor(y + 0.5), 0, ny_irf - 1).astype(np.int64)
-        ix = np.clip(np.floor(x + 0.5), 0, nx_irf - 1).astype(np.int64)
+        # the pixel whose bounds hold each map pixel centre, as to_spectrum_dataset's edisp
+        iy = nearest_pixel(y, ny_irf, ties="up")
+        ix = nearest_pixel(x, nx_irf, ties="up")
         data = np.nan_to_num(kernel.data.astype(np.float64), nan=0.0)
         return np.ascontiguousarray(data), iy, ix
 

@@ -27,7 +27,7 @@ from gammapy.maps import WcsGeom
 from regions import CircleSkyRegion
 
 from gpsfast._compat import pixel_scale_angle_at_skycoord
-from gpsfast.kernels.aperture import DISK, aperture_pixels
+from gpsfast.kernels.aperture import aperture_pixels
 from gpsfast.spectra.seeds import PLAIN_FRAMES, Seeds
 
 __all__ = [
@@ -82,7 +82,6 @@ class Circles:
     def _make_pixel_lists(self, cutout):
         n = len(self.cx_full)
         ny, nx = self.shape
-        zeros = np.zeros(n)
         if cutout:
             cx, cy, r = self.cx_cut, self.cy_cut, self.r_cut
             win = (self.x_lo, self.y_lo, self.x_hi, self.y_hi)
@@ -92,8 +91,7 @@ class Circles:
                    np.full(n, ny, np.int64))
         # the pixel lists of all apertures are held at once: bound that memory
         return [
-            aperture_pixels(ny, nx, cx[c], cy[c], zeros[c], r[c], zeros[c],
-                            *(w[c] for w in win), DISK)
+            aperture_pixels(ny, nx, cx[c], cy[c], r[c], *(w[c] for w in win))
             for c in (slice(i, i + CHUNK) for i in range(0, n, CHUNK))
         ]
 
@@ -110,7 +108,14 @@ def degree_values(lon, lat):
 
 
 def _wrap_at(angle, a360, wrap_angle):
-    """``Angle._wrap_at`` on values (``a360``: 360 degrees in their unit), in place."""
+    """``Angle._wrap_at`` on values (``a360``: 360 degrees in their unit), in place.
+
+    Hand-written rather than ``Angle.wrap_at`` for speed: it runs on the raw
+    arrays of `north_offsets` for every region (an `~astropy.coordinates.Angle`
+    per call would cost more than the arithmetic), with astropy's operations,
+    so that the values are bit for bit those of ``directional_offset_by``
+    (checked by `plain_sky_exact`).
+    """
     floor = wrap_angle - a360
     if not ((angle < floor) | (angle >= wrap_angle)).any():
         return angle

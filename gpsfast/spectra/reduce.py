@@ -14,6 +14,7 @@ from gammapy.maps import WcsGeom, WcsNDMap
 from gpsfast import _compat
 from gpsfast.errors import InputError
 from gpsfast.kernels.aperture import pixel_sums
+from gpsfast.pixels import half_way, nearest_pixel
 from gpsfast.spectra.build import RegionMaps
 from gpsfast.spectra.pixels import PlainSky, choose_sky, degree_values, seed_circles
 
@@ -44,8 +45,8 @@ def disk_sums(data, mask, circles, cutout=True):
     cube = _kernel_cube(data)
     mask = np.ascontiguousarray(mask, dtype=bool)
     parts = [
-        pixel_sums(cube, mask, pix, weight, start, stop) + (norm_all,)
-        for pix, weight, start, stop, norm_all in circles.pixel_lists(cutout)
+        pixel_sums(cube, mask, pix, start, stop) + (norm_all,)
+        for pix, start, stop, norm_all in circles.pixel_lists(cutout)
     ]
     return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
@@ -183,9 +184,8 @@ def nearest_irf_pixels(irf_map, seeds):
             x, y = wcs.world_to_pixel(group.centers)
         idx = group.members
         for coord, out, n in ((x, ix, nx), (y, iy, ny)):
-            lo = np.floor(coord + 0.5)
-            tie[idx] |= lo == np.ceil(coord + 0.5)
-            out[idx] = np.clip(lo, 0, n - 1).astype(np.int64)
+            tie[idx] |= half_way(coord)
+            out[idx] = nearest_pixel(coord, n, ties="up")
     return iy, ix, tie
 
 
