@@ -26,7 +26,7 @@ the step that splits those modules empties the list. None is left today.
 """
 
 LAYERS = [
-    ("gpsfast._version", "gpsfast.errors", "gpsfast.kernels", "gpsfast.twins", "gpsfast.utils"),
+    ("gpsfast._version", "gpsfast.errors", "gpsfast.kernels", "gpsfast.pixels", "gpsfast.twins", "gpsfast.utils"),
     ("gpsfast._compat",),
     ("gpsfast.irf",),
     ("gpsfast.models",),
@@ -38,7 +38,10 @@ LAYERS = [
     ("gpsfast.pipeline",),
     ("gpsfast.cli", "gpsfast"),
 ]
-"""The layers of the package, lowest first: a module imports from its own layer or lower ones."""
+"""The layers of the package, lowest first: a module imports from its own layer or lower ones.
+
+A name stands for the module and its sub-modules; ``gpsfast``, the package itself, for its ``__init__`` only.
+"""
 
 KNOWN_UPWARD_IMPORTS = {
     # ``from .. import __version__``: to become ``from .._version import __version__`` (the detect owner's file)
@@ -129,7 +132,8 @@ def layer(name):
     best = None
     for rank, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+            matches = name == prefix or (prefix != "gpsfast" and name.startswith(prefix + "."))
+            if matches and (best is None or len(prefix) > best[1]):
                 best = (rank, len(prefix))
     assert best is not None, f"{name} is in no layer of tests/test_import_graph.py: add it to LAYERS"
     return best[0]
