@@ -238,6 +238,17 @@ def test_state_restored_after_exception():
     assert_same_state(before, snapshot())
 
 
+def test_blocks_in_a_loop_leave_nothing_behind():
+    from gpsfast.accelerate import patches
+
+    before = snapshot()
+    for _ in range(20):
+        with accelerated():
+            pass
+    assert_same_state(before, snapshot())
+    assert patches._GATED == {} and patches.installed() == []
+
+
 def test_nesting_and_explicit_pair():
     before = snapshot()
     with accelerated():

@@ -38,7 +38,7 @@ _GENERALIZED_GAUSSIAN_PARAMETERS = ("lon_0", "lat_0", "r_0", "eta", "e", "phi")
 
 # (class, name, gated attribute) of the patches in place
 _INSTALLED = []
-# id(gated attribute) -> (gated attribute, the attribute it replaced); every gated attribute ever made
+# id(gated attribute) -> (gated attribute, the attribute it replaced), for those that may still be on a class
 _GATED = {}
 _TWINS = weakref.WeakKeyDictionary()
 _DATASET_STATES = weakref.WeakKeyDictionary()
@@ -72,8 +72,8 @@ def uninstall():
     """Put back gammapy's attributes where the gated ones are still in place; drop the caches."""
     for cls, name, attribute in reversed(_INSTALLED):
         if cls.__dict__.get(name, _ABSENT) is not attribute:
-            continue  # another patcher's attribute: theirs to undo
-        previous = _GATED[id(attribute)][1]
+            continue  # another patcher's attribute: theirs to undo (ours stays known, to be adopted again)
+        previous = _GATED.pop(id(attribute))[1]
         if previous is _ABSENT:
             delattr(cls, name)
         else:
