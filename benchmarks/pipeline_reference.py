@@ -48,7 +48,8 @@ from gammapy.modeling.models import Models, SkyModel
 from regions import CircleSkyRegion
 
 from gpsfast.detect import find_seeds, significance_maps
-from gpsfast.fit import FastDatasets, fast_irfs
+from gpsfast.evaluate import FastDatasets
+from gpsfast.irf import fast_irfs
 from gpsfast.groups import fit_groups, make_groups
 from gpsfast.models import accelerate_models, write_catalog
 from gpsfast.pipeline.modelling import (

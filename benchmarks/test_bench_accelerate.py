@@ -30,7 +30,7 @@ from gammapy.modeling.models import (
 )
 
 from gpsfast.accelerate import accelerated
-from gpsfast.fit import fast_dataset
+from gpsfast.evaluate import fast_dataset
 
 
 def population(center, width, height, n_sources, seed=1):

@@ -41,7 +41,7 @@ from gammapy.modeling.models import (
     SkyModel,
 )
 
-from gpsfast.fit import fast_irfs
+from gpsfast.irf import fast_irfs
 from gpsfast.groups import fit_group_task, fit_groups, make_group_task, make_groups
 from gpsfast.simulate import make_survey
 

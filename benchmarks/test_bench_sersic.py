@@ -91,7 +91,7 @@ def test_npred_sources_cold(benchmark, postev_gps, impl):
     """
     import copy
 
-    from gpsfast.fit import fast_irfs
+    from gpsfast.irf import fast_irfs
     from gpsfast.models.sersic import accelerate_models
 
     dataset = copy.deepcopy(postev_gps)  # the session fixture stays untouched
@@ -133,7 +133,7 @@ def test_local_fit_outer_sources(benchmark, postev_gps, impl):
     from gammapy.modeling import Fit
     from regions import CircleSkyRegion
 
-    from gpsfast.fit import cache_outer_sources, frozen, select_models
+    from gpsfast.modeling import cache_outer_sources, frozen, select_models
 
     region = CircleSkyRegion(SkyCoord(0, 0, unit="deg", frame="galactic"), 1.5 * u.deg)
 

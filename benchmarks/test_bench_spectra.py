@@ -30,8 +30,11 @@ from astropy.coordinates import SkyCoord
 from regions import CircleSkyRegion
 from scipy.signal import fftconvolve
 
-from gpsfast.kernels.aperture import DISK, aperture_sums, correlate_masked, disk_weights
-from gpsfast.spectra import IndexMapEstimator, _circles, _native, _Seeds, extract_spectra
+from gpsfast.kernels.aperture import aperture_sums, correlate_masked, disk_weights
+from gpsfast.spectra import IndexMapEstimator, extract_spectra
+from gpsfast.spectra.pixels import seed_circles as _circles
+from gpsfast.spectra.reduce import native_floats as _native
+from gpsfast.spectra.seeds import Seeds as _Seeds
 
 N_SEEDS = 100
 
@@ -111,9 +114,8 @@ def test_aperture_kernel_vs_memory_pass(benchmark, postev_gps, seeds):
     circles = _circles(dataset.counts.geom.to_image(), _Seeds(seeds))
     cube = _native(dataset.counts.data)
     mask = dataset.mask_safe.data
-    zeros = np.zeros(N_SEEDS)
-    args = (cube, mask, circles.cx_cut, circles.cy_cut, zeros, circles.r_cut, zeros,
-            circles.x_lo, circles.y_lo, circles.x_hi, circles.y_hi, DISK)
+    args = (cube, mask, circles.cx_cut, circles.cy_cut, circles.r_cut,
+            circles.x_lo, circles.y_lo, circles.x_hi, circles.y_hi)
     benchmark.group = f"aperture kernel {N_SEEDS} seeds PosTeV 10x6"
     benchmark.extra_info["impl"] = "gpsfast"
     benchmark.pedantic(aperture_sums, args=args, rounds=20, iterations=1, warmup_rounds=1)

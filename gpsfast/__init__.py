@@ -5,9 +5,8 @@ objects, and run the heavy loops in compiled kernels (``gpsfast.kernels``).
 """
 import logging
 
-__version__ = "0.1.0"
-
-from .accelerate import accelerate, accelerated, deaccelerate, is_accelerated  # noqa: E402
+from ._version import __version__
+from .accelerate import accelerate, accelerated, deaccelerate, is_accelerated
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

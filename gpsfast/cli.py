@@ -171,15 +171,18 @@ def simulate(out, preset, width, height, glon, glat, seed, livetime, irf, overwr
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False))
 @click.argument("output_path", metavar="OUT", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--strict/--lenient", default=False, show_default=True,
+              help="--strict: refuse the input at its first bad source; --lenient: convert every good source "
+                   "and list each bad one (file, line, source, why).")
 @_user_errors
-def convert(input_path, output_path, overwrite):
+def convert(input_path, output_path, overwrite, strict):
     """Convert sky models between ctools XML, gammapy YAML and the catalogue FITS table.
 
     The formats follow the extensions: .xml, .yaml/.yml, .fits/.fits.gz.
     """
     from .models import convert as convert_models
 
-    click.echo(convert_models(input_path, output_path, overwrite=overwrite))
+    click.echo(convert_models(input_path, output_path, overwrite=overwrite, strict=strict))
 
 
 def _run(config_path, out, overwrite, **overrides):

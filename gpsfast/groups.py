@@ -47,7 +47,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import GpsfastError, InputError
-from .fit import SHAPE_PARAMETERS, fast_irfs, main_source, npred_signal, release_shape
+from .evaluate import npred_signal
+from .irf import fast_irfs
+from .modeling import SHAPE_PARAMETERS, main_source, release_shape
+from .modeling import applies_to as _applies
 from .utils import file_mode, progress_bar
 
 __all__ = [
@@ -424,11 +427,6 @@ def _outer_template(cutout, outer):
     template = TemplateNPredModel(npred, name=f"{cutout.name}-outer-sources", datasets_names=[cutout.name])
     template.spectral_model.norm.frozen = True
     return template
-
-
-def _applies(model, dataset_name):
-    names = getattr(model, "datasets_names", None)
-    return names is None or dataset_name in names
 
 
 def make_group_task(datasets, models, group, iteration=0, fit_function=None, release=True):

@@ -32,10 +32,9 @@ from gammapy.modeling.models import (
     TemplateSpatialModel,
 )
 
-from . import __version__
+from ._version import __version__
 from .errors import InputError
-from .fit import fast_irfs
-from .irf import load_irfs, make_cta_like_irfs
+from .irf import fast_irfs, load_irfs, make_cta_like_irfs
 from .survey import PRESETS, check_patch_size, get_preset, make_pointings, make_survey_datasets
 from .utils import atomic_dir
 

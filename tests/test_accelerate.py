@@ -4,15 +4,19 @@ The gammapy snippets here are written as a user would write them, with the
 model classes imported from ``gammapy.modeling.models`` at the top of the file:
 nothing in them refers to gpsfast except the ``accelerated()`` block.
 """
+import contextvars
 import copy
+import functools
 import importlib
+import os
 import threading
+import time
 
 import numpy as np
 import astropy.units as u
 from astropy.coordinates import SkyCoord
 import pytest
-from gammapy.datasets import MapDataset
+from gammapy.datasets import Datasets, MapDataset
 from gammapy.irf import EDispKernelMap, PSFMap
 from gammapy.maps import Map, MapAxis, WcsGeom, WcsNDMap
 from gammapy.modeling import Fit
@@ -25,13 +29,17 @@ from gammapy.modeling.models import (
     SkyModel,
 )
 
-from gpsfast.accelerate import accelerate, accelerated, convolve_psf, deaccelerate, is_accelerated
-from gpsfast.fit import FastEDispKernelMap, FastPSFMap
+from gpsfast.accelerate import accelerate, accelerated, deaccelerate, is_accelerated
+from gpsfast.evaluate.source import SourceNpred
+from gpsfast.groups import fit_groups, make_groups
+from gpsfast.irf import FastEDispKernelMap, FastPSFMap, convolve_psf
 from gpsfast.models.sersic import GeneralizedGaussianSpatialModel as CompiledModel
+from gpsfast.models.sersic import accelerate_models
+from gpsfast.pipeline.modelling import accelerated_fit
 from gpsfast.simulate import make_survey
 
-# the module (gpsfast.accelerate may be re-bound to the function by gpsfast/__init__.py)
-accelerate_module = importlib.import_module("gpsfast.accelerate")
+# the module of the PSF convolution (spied on below)
+convolve_module = importlib.import_module("gpsfast.irf.convolve")
 
 PATCHED_CLASSES = (
     GeneralizedGaussianSpatialModel, PSFMap, EDispKernelMap, WcsNDMap, WcsGeom, SkyModel, MapDataset,
@@ -110,13 +118,13 @@ def fast_calls(monkeypatch):
     spy(CompiledModel, "integrate_geom")
     spy(FastPSFMap, "get_psf_kernel")
     spy(FastEDispKernelMap, "get_edisp_kernel")
-    original = accelerate_module.convolve_planes
+    original = convolve_module.convolve_planes
 
     def convolve(*args):
         counts["convolve_planes"] = counts.get("convolve_planes", 0) + 1
         return original(*args)
 
-    monkeypatch.setattr(accelerate_module, "convolve_planes", convolve)
+    monkeypatch.setattr(convolve_module, "convolve_planes", convolve)
     return counts
 
 
@@ -230,6 +238,17 @@ def test_state_restored_after_exception():
     assert_same_state(before, snapshot())
 
 
+def test_blocks_in_a_loop_leave_nothing_behind():
+    from gpsfast.accelerate import patches
+
+    before = snapshot()
+    for _ in range(20):
+        with accelerated():
+            pass
+    assert_same_state(before, snapshot())
+    assert patches._GATED == {} and patches.installed() == []
+
+
 def test_nesting_and_explicit_pair():
     before = snapshot()
     with accelerated():
@@ -252,15 +271,17 @@ def test_nesting_and_explicit_pair():
         deaccelerate()
 
 
-def test_threads_share_the_mode():
+def test_threads_entering_the_mode_each_have_it():
     before = snapshot()
     errors = []
 
     def work():
         try:
             for _ in range(50):
+                assert not is_accelerated()
                 with accelerated():
-                    # another thread leaving its block must not switch the mode off
+                    # another thread leaving its block must not switch the mode off here
+                    assert is_accelerated()
                     assert "integrate_geom" in vars(GeneralizedGaussianSpatialModel)
         except Exception as error:  # reported below
             errors.append(error)
@@ -272,6 +293,130 @@ def test_threads_share_the_mode():
         thread.join()
     assert errors == []
     assert not is_accelerated()
+    assert_same_state(before, snapshot())
+
+
+def test_other_threads_run_plain_gammapy(base_dataset, fast_calls):
+    """A thread that never entered the mode runs gammapy's code while another thread is inside."""
+    reference = dataset_with_sources(base_dataset).npred().data
+    entered, done = threading.Event(), threading.Event()
+    outcome = {}
+
+    def inside():
+        with accelerated():
+            entered.set()
+            done.wait(timeout=120)
+
+    holder = threading.Thread(target=inside)
+    holder.start()
+    try:
+        assert entered.wait(timeout=60)
+        assert "npred_signal" in vars(MapDataset)  # the gated methods are in place
+        assert not is_accelerated()
+        outcome["npred"] = dataset_with_sources(base_dataset).npred().data
+    finally:
+        done.set()
+        holder.join()
+    assert fast_calls == {}, "the fast paths ran in a thread outside the mode"
+    np.testing.assert_array_equal(outcome["npred"], reference)
+    with accelerated():
+        # a context copied inside the mode starts in it
+        assert contextvars.copy_context().run(is_accelerated)
+        dataset_with_sources(base_dataset).npred()
+    assert fast_calls["get_psf_kernel"] == len(SOURCES)
+
+
+class SwitchingDict(dict):
+    """A cache dictionary that lets the other threads run right after each insertion."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        time.sleep(1e-4)
+
+
+def kernel_reference(psf, geom, positions):
+    return [psf.get_psf_kernel(geom, position=p, max_radius="0.4 deg").psf_kernel_map.data for p in positions]
+
+
+def test_psf_kernel_and_cutout_caches_are_thread_safe(base_dataset, monkeypatch):
+    """Threads filling and clearing the kernel-grid, twin and cutout caches at once get gammapy's results."""
+    from gpsfast.accelerate import geometry
+    from gpsfast.irf import psf as psf_module
+
+    psf = copy.deepcopy(base_dataset.psf)
+    geom = base_dataset.exposure.geom
+    parent = base_dataset.counts.geom
+    rng = np.random.default_rng(5)
+    positions = [SkyCoord(lon, lat, unit="deg", frame="galactic")
+                 for lon, lat in zip(rng.uniform(-0.6, 0.6, 6), rng.uniform(-0.4, 0.4, 6))]
+    geoms = [geom, geom.upsample(2)]
+    kernels = [kernel_reference(psf, g, positions) for g in geoms]
+    cutouts = [parent.cutout(p, "0.3 deg") for p in positions]
+    slices = [c.cutout_slices(parent) for c in cutouts]
+    # caches of two entries, which hand over to the other threads after every insertion:
+    # every thread keeps clearing what the others have just filled
+    monkeypatch.setattr(psf_module, "_MAX_KERNEL_GRIDS", 2)
+    monkeypatch.setattr(psf_module, "_KERNEL_GRIDS", SwitchingDict())
+    monkeypatch.setattr(geometry, "_MAX_SLICES", 2)
+    monkeypatch.setattr(geometry, "_SLICES", SwitchingDict())
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def work(seed):
+        order = np.random.default_rng(seed).permutation(len(positions))
+        try:
+            barrier.wait(timeout=60)
+            with accelerated():
+                for _ in range(3):
+                    for g, expected in zip(geoms, kernels):
+                        for k in order:
+                            kernel = psf.get_psf_kernel(g, position=positions[k], max_radius="0.4 deg")
+                            np.testing.assert_allclose(kernel.psf_kernel_map.data, expected[k], rtol=1e-6,
+                                                       atol=1e-9)
+                    for k in order:
+                        assert cutouts[k].cutout_slices(parent) == slices[k]
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_other_patchers_are_not_clobbered(base_dataset, monkeypatch, where):
+    """pytest's monkeypatch applied before or inside the block keeps its attribute; undoing it leaves gammapy."""
+    before = snapshot()
+    original = PSFMap.get_psf_kernel
+    calls = []
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    psf = copy.deepcopy(base_dataset.psf)
+    geom = base_dataset.exposure.geom
+    position = geom.center_skydir
+    reference = psf.get_psf_kernel(geom, position=position).psf_kernel_map.data
+    if where == "outside":
+        monkeypatch.setattr(PSFMap, "get_psf_kernel", spy)
+    with accelerated():
+        if where == "inside":
+            monkeypatch.setattr(PSFMap, "get_psf_kernel", spy)
+        psf.get_psf_kernel(geom, position=position)
+    assert vars(PSFMap)["get_psf_kernel"] is spy, "the mode clobbered another patcher's attribute on exit"
+    assert "integrate_geom" not in vars(GeneralizedGaussianSpatialModel)  # the mode's own attributes are gone
+    n_calls = len(calls)
+    psf.get_psf_kernel(geom, position=position)
+    assert len(calls) == n_calls + 1
+    monkeypatch.undo()
+    # plain gammapy again (a gated method left by the undo runs gammapy's code outside the mode)
+    np.testing.assert_array_equal(psf.get_psf_kernel(geom, position=position).psf_kernel_map.data, reference)
+    with accelerated():
+        pass
     assert_same_state(before, snapshot())
 
 
@@ -488,3 +633,50 @@ def test_contributes_same_as_gammapy(base_dataset):
         actual = [model.contributes(mask, margin=margin) for model in models for margin in margins]
     assert actual == desired
     assert 0 < sum(desired) < len(desired)
+
+
+def compiled_paths_fit(datasets, optimize_opts=None, parent_pid=None):
+    """The pipeline's group fit function, checking where it runs that it took the compiled paths."""
+    counts = {"npred": 0, "sersic": 0}
+    compute, integrate = SourceNpred.compute, CompiledModel.integrate_geom
+
+    def counting_compute(self, *args, **kwargs):
+        counts["npred"] += 1
+        return compute(self, *args, **kwargs)
+
+    def counting_integrate(self, *args, **kwargs):
+        counts["sersic"] += 1
+        return integrate(self, *args, **kwargs)
+
+    SourceNpred.compute, CompiledModel.integrate_geom = counting_compute, counting_integrate
+    try:
+        result = accelerated_fit(datasets, optimize_opts)
+    finally:
+        SourceNpred.compute, CompiledModel.integrate_geom = compute, integrate
+    if os.getpid() == parent_pid:
+        raise RuntimeError("the group fit ran in the parent process")
+    spatial = [type(m.spatial_model) for m in datasets.models if m.name.startswith("src-")]
+    if not spatial or any(cls is not CompiledModel for cls in spatial):
+        raise RuntimeError(f"the sources did not travel as compiled models: {spatial}")
+    if not (counts["npred"] and counts["sersic"]):
+        raise RuntimeError(f"the compiled likelihood paths did not run in the worker: {counts}")
+    return result
+
+
+def test_group_fits_in_worker_processes_use_the_compiled_paths(base_dataset):
+    """fit_groups with two loky workers: the pipeline's fit function runs the compiled paths there."""
+    dataset = dataset_with_sources(base_dataset)
+    dataset.models = Models([*gammapy_sources()[:2], dataset.background_model])
+    dataset.fake(random_state=2)
+    models = dataset.models
+    models.freeze()
+    for source in models[:2]:
+        source.spectral_model.amplitude.frozen = False
+        source.spectral_model.amplitude.value *= 1.3
+    assert accelerate_models(models) == 2  # as the pipeline does before its fits
+    groups = make_groups(models[:2])
+    assert len(groups) == 2
+    table = fit_groups(Datasets([dataset]), models, groups=groups, n_jobs=2, release=False,
+                       fit_function=functools.partial(compiled_paths_fit, parent_pid=os.getpid()))
+    assert len(table) == 2
+    assert table["success"].all(), list(table["message"])

@@ -117,12 +117,13 @@ def test_two_files_with_one_dataset_name(good, tmp_path):
 
 # truth / known-source model files: (key, file name, content, message fragment)
 MODEL_FILE_CASES = [
-    ("truth", "broken.yaml", "components: [1, 2\n", "not a readable gammapy models YAML file (ParserError"),
-    ("truth", "no-components.yaml", "foo: bar\n", "not a readable gammapy models YAML file (KeyError: 'components')"),
+    ("truth", "broken.yaml", "components: [1, 2\n", ":2:1: malformed YAML: expected ',' or ']'"),
+    ("truth", "no-components.yaml", "foo: bar\n", "not a gammapy model file (no 'components' list) (input.truth)"),
+    ("truth", "twice.yaml", "components: []\ncomponents: []\n", ":2: duplicate key 'components' (first given at line 1)"),
     ("truth", "table.ecsv", "# %ECSV 1.0\n", "unknown model file type; use .xml, .yaml/.yml or .fits/.fits.gz"),
     ("truth", "absent.yaml", None, "Input file not found"),
-    ("known_sources", "broken.yaml", "components: {\n", "(association.known_sources): not a readable gammapy models"),
-    ("known_sources", "binary.yaml", b"\x00\xff\xfe", "(association.known_sources): not a readable gammapy models"),
+    ("known_sources", "broken.yaml", "components: {\n", "malformed YAML"),
+    ("known_sources", "binary.yaml", b"\x00\xff\xfe", "cannot read the YAML model file as UTF-8 text"),
 ]
 
 
@@ -146,6 +147,7 @@ def test_bad_model_file_one_line_error_before_any_stage(good, tmp_path, monkeypa
     code, line = run_cli(["run", str(config), "--out", str(tmp_path / "out")])
     assert code == 1
     assert line.startswith("Error: ") and message in line and str(path) in line, line
+    assert ("(input.truth)" if key == "truth" else "(association.known_sources)") in line, "the key is named"
 
 
 # configuration values: (YAML text, message fragment)
@@ -167,9 +169,10 @@ CONFIG_CASES = [
     ("fit:\n  min_separation: 0\n", "fit.min_separation: Input should be greater than 0"),
     ("fit:\n  residual_min_separation: -1\n", "fit.residual_min_separation: Input should be greater than 0"),
     ("fit:\n  max_group_size: 0\n", "fit.max_group_size: Input should be greater than or equal to 1"),
-    ("seeds:\n  threshold: 5\n  threshold: 6\n", "not valid YAML (the key 'threshold' is given twice"),
-    ("seeds: {}\nseeds: {}\n", "not valid YAML (the key 'seeds' is given twice"),
-    (b"\xc4\x00\xff binary", "not valid YAML (unacceptable character"),
+    ("seeds:\n  threshold: 5\n  threshold: 6\n", "3: duplicate key 'threshold' (first given at line 2)"),
+    ("seeds: {}\nseeds: {}\n", "2: duplicate key 'seeds' (first given at line 1)"),
+    ("seeds: [1\n", "2:1: malformed YAML: expected ',' or ']'"),
+    (b"\xc4\x00\xff binary", "cannot read the configuration file as UTF-8 text (UnicodeDecodeError)"),
 ]
 
 
@@ -181,7 +184,7 @@ def test_bad_configuration_value_one_line_error(tmp_path, text, message):
         load_config(path)
     for command in ("run", "survey"):
         code, line = run_cli([command, str(path), "--out", str(tmp_path / "out")])
-        assert code == 1 and line.startswith(f"Error: {path}: {message}"), line
+        assert code == 1 and line.startswith(f"Error: {path}") and message in line, line
 
 
 # survey options: (arguments, message fragment)

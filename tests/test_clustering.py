@@ -18,7 +18,7 @@ from scipy import ndimage
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.image import grid_to_graph
 
-from gpsfast.clustering import cluster_index_map, cluster_regions
+from gpsfast.spectra import cluster_index_map, cluster_regions
 from gpsfast.errors import InputError
 from gpsfast.irf import make_cta_like_irfs
 from gpsfast.kernels.plfit import FLAG_NO_DATA

@@ -28,7 +28,7 @@ from gammapy.modeling.models import (
 
 from gpsfast.accelerate import accelerated
 from gpsfast.errors import InputError
-from gpsfast.fit import FastDatasets, FastMapDataset, fast_dataset, fast_datasets
+from gpsfast.evaluate import FastDatasets, FastMapDataset, fast_dataset, fast_datasets
 from gpsfast.simulate import make_survey
 
 
@@ -290,13 +290,13 @@ def test_fast_datasets_stat_sum_with_priors(base_dataset):
 
 def test_models_evaluated_by_gammapy_share_one_cached_block(base_dataset):
     """The template and the ExpCutoff source (gammapy's evaluators): one full-size block, kept while unchanged."""
-    from gpsfast.fit import _GAMMAPY_KEY, _signal_blocks
+    from gpsfast.evaluate.engine import _GAMMAPY_KEY, signal_blocks
 
     _, fast = make_pair(base_dataset, with_template=True)
     states = fast._fast_states()
 
     def gammapy_block():
-        blocks = _signal_blocks(fast, states)
+        blocks = signal_blocks(fast, states)
         maps, _, stacked = states[_GAMMAPY_KEY]
         assert len(maps) == 2, "the template and the cutoff source, stacked together"
         assert blocks[-1][0] is stacked and sum(values is stacked for values, _ in blocks) == 1

@@ -1,4 +1,5 @@
-"""Model-management helpers of gpsfast.fit: frozen, select_models, release_shape, cache_outer_sources."""
+"""Model-management helpers (gpsfast.modeling: frozen, select_models, release_shape, cache_outer_sources), the fast
+IRF maps (gpsfast.irf) and npred_signal (gpsfast.evaluate)."""
 import copy
 
 import numpy as np
@@ -21,17 +22,9 @@ from gammapy.modeling.models import (
 )
 
 from gpsfast.errors import InputError
-from gpsfast.fit import (
-    FastEDispKernelMap,
-    FastPSFMap,
-    cache_outer_sources,
-    fast_irfs,
-    frozen,
-    main_source,
-    npred_signal,
-    release_shape,
-    select_models,
-)
+from gpsfast.evaluate import npred_signal
+from gpsfast.irf import FastEDispKernelMap, FastPSFMap, fast_irfs
+from gpsfast.modeling import cache_outer_sources, frozen, main_source, release_shape, select_models
 
 
 def make_group():

@@ -2,13 +2,10 @@
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
-from regions import CircleAnnulusPixelRegion, CirclePixelRegion, PixCoord
+from regions import CirclePixelRegion, PixCoord
 from scipy import ndimage
 
 from gpsfast.kernels.aperture import (
-    ANNULUS,
-    DISK,
-    GAUSS,
     aperture_pixels,
     aperture_sums,
     correlate_masked,
@@ -17,32 +14,25 @@ from gpsfast.kernels.aperture import (
 )
 
 
-def _reference(cube, mask, cx, cy, r_in, r_out, sigma, win, kind):
-    """Plain NumPy weighted aperture sums over the whole cube."""
+def _reference(cube, mask, cx, cy, r, win):
+    """Plain NumPy disk sums over the whole cube."""
     n_energy, ny, nx = cube.shape
     jj, ii = np.mgrid[:ny, :nx]
     x_lo, y_lo, x_hi, y_hi = win
     d = np.hypot((ii - x_lo) - cx, (jj - y_lo) - cy)
-    inside = (ii >= x_lo) & (ii < x_hi) & (jj >= y_lo) & (jj < y_hi) & (d < r_out)
-    if kind == ANNULUS:
-        inside &= ~(d < r_in)
-    w = np.where(inside, 1.0, 0.0)
-    if kind == GAUSS:
-        w *= np.exp(-0.5 * (d / sigma) ** 2)
-    m = np.broadcast_to(mask, cube.shape)
-    sel = m & (w > 0)
-    sums = np.array([np.sum((w * cube[e])[sel[e]]) for e in range(n_energy)])
-    norm = np.array([np.sum(w[sel[e]]) for e in range(n_energy)])
-    return sums, norm, w.sum()
+    inside = (ii >= x_lo) & (ii < x_hi) & (jj >= y_lo) & (jj < y_hi) & (d < r)
+    sel = np.broadcast_to(mask, cube.shape) & inside
+    sums = np.array([np.sum(cube[e][sel[e]], dtype=np.float64) for e in range(n_energy)])
+    norm = np.array([np.sum(sel[e]) for e in range(n_energy)])
+    return sums, norm, inside.sum()
 
 
-def _run(cube, mask, cx, cy, r_in, r_out, sigma, win, kind):
+def _run(cube, mask, cx, cy, r, win):
     f = np.float64
     i = np.int64
     return aperture_sums(
-        cube, mask, np.array([cx], f), np.array([cy], f), np.array([r_in], f),
-        np.array([r_out], f), np.array([sigma], f), np.array([win[0]], i),
-        np.array([win[1]], i), np.array([win[2]], i), np.array([win[3]], i), kind,
+        cube, mask, np.array([cx], f), np.array([cy], f), np.array([r], f), np.array([win[0]], i),
+        np.array([win[1]], i), np.array([win[2]], i), np.array([win[3]], i),
     )
 
 
@@ -52,18 +42,16 @@ def cube():
     return rng.uniform(0, 5, size=(3, 41, 37)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", [DISK, ANNULUS, GAUSS])
-def test_aperture_sums_matches_numpy(cube, kind):
+def test_aperture_sums_matches_numpy(cube):
     rng = np.random.default_rng(1)
     mask = rng.random(cube.shape) > 0.3
     for _ in range(25):
         cx, cy = rng.uniform(-3, 40), rng.uniform(-3, 44)
-        r_out = rng.uniform(0.3, 12)
-        r_in, sigma = 0.4 * r_out, 0.5 * r_out
+        r = rng.uniform(0.3, 12)
         win = (int(rng.integers(-2, 10)), int(rng.integers(-2, 10)), int(rng.integers(20, 40)),
                int(rng.integers(20, 45)))
-        sums, norm, norm_all = _run(cube, mask, cx, cy, r_in, r_out, sigma, win, kind)
-        ref = _reference(cube, mask, cx, cy, r_in, r_out, sigma, win, kind)
+        sums, norm, norm_all = _run(cube, mask, cx, cy, r, win)
+        ref = _reference(cube, mask, cx, cy, r, win)
         assert_allclose(sums[0], ref[0], rtol=1e-12, atol=1e-9)
         assert_allclose(norm[0], ref[1], rtol=1e-12, atol=1e-12)
         assert_allclose(norm_all[0], ref[2], rtol=1e-12, atol=1e-12)
@@ -82,31 +70,27 @@ def test_aperture_membership_is_regions_membership():
         cy = float(rng.integers(15, 35)) + rng.choice([0.0, 0.5, 1e-13, -1e-13])
         r = float(rng.integers(1, 14)) + rng.choice([0.0, 1e-12, -1e-12, np.sqrt(2) - 1])
         ref = CirclePixelRegion(PixCoord(cx, cy), r).contains(pix)
-        _, norm, norm_all = _run(ones, mask, cx, cy, 0.0, r, 1.0, (0, 0, nx, ny), DISK)
-        assert norm_all[0] == ref.sum()
-        r_in = 0.5 * r
-        ref = CircleAnnulusPixelRegion(PixCoord(cx, cy), r_in, r).contains(pix)
-        _, _, norm_all = _run(ones, mask, cx, cy, r_in, r, 1.0, (0, 0, nx, ny), ANNULUS)
-        assert norm_all[0] == ref.sum()
+        _, norm, norm_all = _run(ones, mask, cx, cy, r, (0, 0, nx, ny))
+        assert norm_all[0] == norm[0, 0] == ref.sum()
 
 
 def test_aperture_sums_nan_and_empty():
     cube = np.ones((2, 10, 10), np.float32)
     cube[1, 5, 5] = np.nan
     mask = np.ones((1, 10, 10), bool)
-    sums, norm, _ = _run(cube, mask, 5.0, 5.0, 0.0, 1.5, 1.0, (0, 0, 10, 10), DISK)
+    sums, norm, _ = _run(cube, mask, 5.0, 5.0, 1.5, (0, 0, 10, 10))
     assert sums[0, 0] == 9 and np.isnan(sums[0, 1])
     # the NaN pixel masked out: no NaN
     mask2 = np.ones((2, 10, 10), bool)
     mask2[1, 5, 5] = False
-    sums, norm, _ = _run(cube, mask2, 5.0, 5.0, 0.0, 1.5, 1.0, (0, 0, 10, 10), DISK)
+    sums, norm, _ = _run(cube, mask2, 5.0, 5.0, 1.5, (0, 0, 10, 10))
     assert_array_equal(sums[0], [9, 8])
     assert_array_equal(norm[0], [9, 8])
     # an aperture with no pixel centre inside
-    sums, norm, norm_all = _run(cube, mask, 5.5, 5.5, 0.0, 0.5, 1.0, (0, 0, 10, 10), DISK)
+    sums, norm, norm_all = _run(cube, mask, 5.5, 5.5, 0.5, (0, 0, 10, 10))
     assert sums[0, 0] == 0 and norm_all[0] == 0
     # an aperture outside the cube
-    sums, norm, norm_all = _run(cube, mask, 30.0, 5.0, 0.0, 3.0, 1.0, (0, 0, 10, 10), DISK)
+    sums, norm, norm_all = _run(cube, mask, 30.0, 5.0, 3.0, (0, 0, 10, 10))
     assert norm_all[0] == 0
 
 
@@ -162,40 +146,30 @@ def test_correlate_masked_kernel_larger_than_map_or_empty(weights):
 
 
 def _apertures(rng, n, ny, nx):
-    f = np.float64
     cx, cy = rng.uniform(-2, nx + 1, n), rng.uniform(-2, ny + 1, n)
-    r_out = rng.uniform(0.3, 9, n)
+    r = rng.uniform(0.3, 9, n)
     lo = rng.integers(-2, 6, (2, n))
     hi = np.stack([rng.integers(nx - 6, nx + 3, n), rng.integers(ny - 6, ny + 3, n)])
-    return (cx, cy, 0.4 * r_out, r_out, np.full(n, 1.5, f), lo[0], lo[1], hi[0], hi[1])
+    return (cx, cy, r, lo[0], lo[1], hi[0], hi[1])
 
 
-@pytest.mark.parametrize("kind", [DISK, ANNULUS, GAUSS])
-def test_aperture_pixels_are_the_aperture(kind):
-    """Pixel lists: the pixels of each aperture with their weights, in row-major order."""
+def test_aperture_pixels_are_the_aperture():
+    """Pixel lists: the pixels of each disk, in row-major order."""
     rng = np.random.default_rng(11)
     ny, nx = 23, 29
     args = _apertures(rng, 12, ny, nx)
-    pix, weight, start, stop, norm_all = aperture_pixels(ny, nx, *args, kind)
+    pix, start, stop, norm_all = aperture_pixels(ny, nx, *args)
     for s in range(12):
-        cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi = (a[s] for a in args)
-        ones = np.ones((1, ny, nx))
-        w = np.zeros(ny * nx)
-        ref = _reference(ones, np.ones((1, ny, nx), bool), cx, cy, r_in, r_out, sigma,
-                         (x_lo, y_lo, x_hi, y_hi), kind)
+        cx, cy, r, x_lo, y_lo, x_hi, y_hi = (a[s] for a in args)
         listed = pix[start[s]:stop[s]]
         assert np.all(np.diff(listed) > 0)  # row-major, no duplicate
-        w[listed] = weight[start[s]:stop[s]]
-        assert np.all(weight[start[s]:stop[s]] > 0)
-        assert_allclose(w.sum(), ref[2], rtol=1e-12, atol=1e-12)
-        assert_allclose(norm_all[s], weight[start[s]:stop[s]].sum(), rtol=1e-14)
-        # the same pixels as the reference weights
+        assert norm_all[s] == len(listed)
+        # the same pixels as the reference
         jj, ii = np.divmod(np.arange(ny * nx), nx)
         d = np.hypot((ii - x_lo) - cx, (jj - y_lo) - cy)
-        inside = (d < r_out) & (ii >= x_lo) & (ii < x_hi) & (jj >= y_lo) & (jj < y_hi)
-        if kind == ANNULUS:
-            inside &= ~(d < r_in)
-        assert_array_equal(np.flatnonzero(w), np.flatnonzero(inside))
+        inside = (d < r) & (ii >= x_lo) & (ii < x_hi) & (jj >= y_lo) & (jj < y_hi)
+        assert_array_equal(listed, np.flatnonzero(inside))
+    assert norm_all.sum() > 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -213,23 +187,23 @@ def test_pixel_sums_byteswapped_and_in_list_order(dtype, n_mask):
     cube[3, 10, 10] = -0.0
     mask = rng.random((n_mask, ny, nx)) > 0.2
     args = _apertures(rng, 15, ny, nx)
-    pix, weight, start, stop, _ = aperture_pixels(ny, nx, *args, GAUSS)
-    native = pixel_sums(cube, mask, pix, weight, start, stop)
+    pix, start, stop, _ = aperture_pixels(ny, nx, *args)
+    native = pixel_sums(cube, mask, pix, start, stop)
     big = cube.astype(cube.dtype.newbyteorder(">"))
     raw = big.view(np.uint32 if dtype == np.float32 else np.uint64)
-    swapped = pixel_sums(raw, mask, pix, weight, start, stop)
+    swapped = pixel_sums(raw, mask, pix, start, stop)
     for a, b in zip(native, swapped):
         assert_array_equal(a, b)
     assert np.isnan(native[0]).any()  # the NaN pixel is in an aperture: the test is not empty
     for s in range(15):
         for e in range(4):
-            acc = wacc = 0.0
+            acc = count = 0.0
             for k in range(start[s], stop[s]):
                 if mask[min(e, n_mask - 1)].ravel()[pix[k]]:
-                    acc += weight[k] * float(cube[e].ravel()[pix[k]])
-                    wacc += weight[k]
+                    acc += float(cube[e].ravel()[pix[k]])
+                    count += 1
             assert_array_equal(native[0][s, e], acc)
-            assert native[1][s, e] == wacc
+            assert native[1][s, e] == count
 
 
 def test_aperture_sums_is_pixels_then_sums():
@@ -237,9 +211,9 @@ def test_aperture_sums_is_pixels_then_sums():
     cube = rng.uniform(0, 5, (3, 17, 18))
     mask = rng.random((1, 17, 18)) > 0.3
     args = _apertures(rng, 9, 17, 18)
-    whole = aperture_sums(cube, mask, *args, DISK)
-    pix, weight, start, stop, norm_all = aperture_pixels(17, 18, *args, DISK)
-    parts = pixel_sums(cube, mask, pix, weight, start, stop) + (norm_all,)
+    whole = aperture_sums(cube, mask, *args)
+    pix, start, stop, norm_all = aperture_pixels(17, 18, *args)
+    parts = pixel_sums(cube, mask, pix, start, stop) + (norm_all,)
     for a, b in zip(whole, parts):
         assert_array_equal(a, b)
 
@@ -251,10 +225,9 @@ def test_pixel_sums_non_contiguous_inputs():
     cube = big[:, :, ::2]
     mask = (rng.random((3, 20, 36)) > 0.3)[:, :, ::2]
     args = _apertures(rng, 7, 20, 18)
-    pix, weight, start, stop, _ = aperture_pixels(20, 18, *args, DISK)
-    strided = pixel_sums(cube, mask, pix, weight, start, stop)
-    copied = pixel_sums(np.ascontiguousarray(cube), np.ascontiguousarray(mask), pix, weight,
-                        start, stop)
+    pix, start, stop, _ = aperture_pixels(20, 18, *args)
+    strided = pixel_sums(cube, mask, pix, start, stop)
+    copied = pixel_sums(np.ascontiguousarray(cube), np.ascontiguousarray(mask), pix, start, stop)
     for a, b in zip(strided, copied):
         assert_array_equal(a, b)
     assert np.any(strided[1] > 0)

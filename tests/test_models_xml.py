@@ -363,10 +363,11 @@ def test_radial_shell(tmp_path, kind):
 
 
 def test_radial_ring(tmp_path):
+    """GModelSpatialRadialRing: inner radius Radius, outer radius Radius + Width."""
     m = _read_spatial(tmp_path, _spatial_xml("RadialRing", par("Radius", 0.45), par("Width", 0.15)))
-    pts = _sky_points(83.6331, 22.0145, "icrs", 0.7)
+    pts = _sky_points(83.6331, 22.0145, "icrs", 0.8)
     theta = pts.separation(SkyCoord(83.6331, 22.0145, unit="deg")).rad
-    r_o, r_i = math.radians(0.45), math.radians(0.30)
+    r_o, r_i = math.radians(0.60), math.radians(0.45)
     expected = np.where((theta >= r_i) & (theta <= r_o), 1 / (2 * np.pi * (np.cos(r_i) - np.cos(r_o))), 0.0)
     np.testing.assert_allclose(_eval_spatial(m, pts), expected, rtol=RTOL)
 
@@ -408,7 +409,7 @@ def _celestial_pa(centre, points):
 @pytest.mark.parametrize("kind", ["EllipticalDisk", "EllipticalGaussian", "EllipticalGauss",
                                   "EllipticalGeneralGaussian"])
 def test_elliptical_models(tmp_path, kind, frame):
-    """PA is east of celestial north also for a GLON/GLAT centre; Gaussian cut at 3 r_eff."""
+    """PA is east of celestial north also for a GLON/GLAT centre; Gaussian cut at 3 r_eff, general at 5 a."""
     lon0, lat0 = (83.6331, 22.0145) if frame == "icrs" else (184.5575, -5.7843)
     names = ("RA", lon0, "DEC", lat0) if frame == "icrs" else ("GLON", lon0, "GLAT", lat0)
     a_deg, b_deg, pa_deg = 0.3, 0.1, 45.0
@@ -416,7 +417,7 @@ def test_elliptical_models(tmp_path, kind, frame):
     m = _read_spatial(tmp_path, _spatial_xml(kind, par("PA", pa_deg, vmin=-360, vmax=360),
                                              par("MinorRadius", b_deg), par("MajorRadius", a_deg), extra, pos=names))
     centre = SkyCoord(lon0, lat0, unit="deg", frame=frame)
-    pts = _sky_points(lon0, lat0, frame, 1.2, n=600)
+    pts = _sky_points(lon0, lat0, frame, 1.8, n=600)
     theta = centre.separation(pts).rad
     phi = _celestial_pa(centre, pts)
     a, b, pa = math.radians(a_deg), math.radians(b_deg), math.radians(pa_deg)
@@ -426,7 +427,7 @@ def test_elliptical_models(tmp_path, kind, frame):
         expected = np.where(theta <= r_eff, norm, 0.0)
     elif kind == "EllipticalGeneralGaussian":
         norm = 1 / (2 * math.pi * a * b * 0.7 * math.gamma(1.4))
-        expected = np.where(theta <= 3 * a, norm * np.exp(-((theta / r_eff) ** (1 / 0.7))), 0.0)
+        expected = np.where(theta <= 5 * a, norm * np.exp(-((theta / r_eff) ** (1 / 0.7))), 0.0)
     else:
         norm = 1 / (2 * math.pi * a * b * (1 - math.exp(-4.5)))
         expo = 0.5 * (theta / r_eff) ** 2
@@ -701,30 +702,42 @@ def test_missing_file_names_resolved_path(tmp_path, kind):
     assert str(folder / "none.txt") in msg and kind in msg and "XML file's folder" in msg
 
 
-def test_file_with_folder_is_relative_to_working_directory(tmp_path, monkeypatch):
+def test_file_with_folder_is_relative_to_the_xml_folder_or_allowed(tmp_path, monkeypatch):
+    """A name with a folder part: in the XML file's folder, then the allowed folders ("." = GammaLib's rule)."""
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "ff.txt").write_text((DATA / "filefunction.txt").read_text())
     folder = tmp_path / "models"
     folder.mkdir()
     path = write_lib(folder, xml_source(spec("FileFunction", par("Normalization", 1.0), extra='file="sub/ff.txt"')))
-    monkeypatch.chdir(folder)
-    with pytest.raises(InputError, match="relative to the working directory"):
-        read_xml(path)
     monkeypatch.chdir(tmp_path)
-    model = read_xml(path)[0]
-    # written back next to the data: the path is kept absolute, and reads back from anywhere
+    with pytest.raises(InputError, match=r"'sub/ff.txt' not found in the XML file's folder: .*models/sub/ff\.txt"):
+        read_xml(path)
+    assert read_xml(path, allowed_dirs=["."])[0].spectral_model.energy.size == 3
+    model = read_xml(path, allowed_dirs=[tmp_path])[0]
+    # written back elsewhere: the path is kept absolute, read back when its folder is allowed
     write_xml([model], folder / "out.xml")
     monkeypatch.chdir(folder)
-    assert read_xml(folder / "out.xml")[0].spectral_model.filename.endswith("ff.txt")
+    with pytest.raises(InputError, match="outside the allowed folders"):
+        read_xml(folder / "out.xml")
+    assert read_xml(folder / "out.xml", allowed_dirs=[tmp_path / "sub"])[0].spectral_model.filename.endswith("ff.txt")
 
 
 def test_environment_variable_in_file_name(tmp_path, monkeypatch):
+    """Expanded only when asked; the error without expansion never shows the variable's value."""
     (tmp_path / "ff.txt").write_text((DATA / "filefunction.txt").read_text())
     monkeypatch.setenv("GPSFAST_TEST_DATA", str(tmp_path))
     sub = tmp_path / "xml"
     sub.mkdir()
     src = xml_source(spec("FileFunction", par("Normalization", 1.0), extra='file="$GPSFAST_TEST_DATA/ff.txt"'))
-    assert read_xml(write_lib(sub, src))[0].spectral_model.energy.size == 3
+    path = write_lib(sub, src)
+    with pytest.raises(InputError, match="environment variable, which is not expanded") as info:
+        read_xml(path)
+    assert str(tmp_path / "ff.txt") not in str(info.value)
+    with pytest.raises(InputError, match="outside the allowed folders"):
+        read_xml(path, expand_env=True)
+    assert read_xml(path, expand_env=True, allowed_dirs=[tmp_path])[0].spectral_model.energy.size == 3
+    gammalib_style = write_lib(tmp_path, src.replace("$GPSFAST_TEST_DATA", "$(GPSFAST_TEST_DATA)"), name="g.xml")
+    assert read_xml(gammalib_style, expand_env=True)[0].spectral_model.energy.size == 3
 
 
 def test_entity_expansion_bomb_rejected(tmp_path):
@@ -753,7 +766,7 @@ def test_empty_source_name(tmp_path):
 
 
 def test_duplicate_names(tmp_path):
-    with pytest.raises(InputError, match="duplicate source names: a"):
+    with pytest.raises(InputError, match=r"model\.xml:2: source 'a' duplicate source name \(first at line 2\)"):
         read_xml(write_lib(tmp_path, xml_source(PL, name="a"), xml_source(PL, name="a")))
 
 

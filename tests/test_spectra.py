@@ -19,7 +19,8 @@ from gammapy.maps import MapAxis, WcsGeom
 from numpy.testing import assert_allclose, assert_array_equal
 from regions import CircleSkyRegion, RectangleSkyRegion
 
-from gpsfast import spectra
+from gpsfast import _compat
+from gpsfast.spectra import pixels, seeds
 from gpsfast.errors import InputError
 from gpsfast.spectra import extract_spectra, extract_spectra_table
 
@@ -286,27 +287,25 @@ def test_onoff_parity(onoff_dataset):
 
 def test_per_region_projection_fallback(car_dataset, monkeypatch):
     """The per-region WCS projection (used for unusual WCS) gives the same spectra."""
-    import gpsfast.spectra as spectra
 
-    original = spectra._ShiftedWcs.__init__
+    original = pixels.ShiftedWcs.__init__
 
     def no_identity(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.exact = False
 
-    monkeypatch.setattr(spectra._ShiftedWcs, "__init__", no_identity)
+    monkeypatch.setattr(pixels.ShiftedWcs, "__init__", no_identity)
     _check_parity(car_dataset, _seeds(car_dataset.counts.geom, 9, seed=15))
 
 
 def test_regions_in_chunks(car_dataset, monkeypatch):
     """Regions summed in several kernel calls give the same spectra as in one."""
-    import gpsfast.spectra as spectra
 
     regions = [r for r, ref in zip(_seeds(car_dataset.counts.geom, 15, seed=21),
                                    _gammapy(car_dataset, _seeds(car_dataset.counts.geom, 15, 21)))
                if ref is not None]
     whole = extract_spectra_table(car_dataset, regions)
-    monkeypatch.setattr(spectra, "_CHUNK", 4)
+    monkeypatch.setattr(pixels, "CHUNK", 4)
     chunked = extract_spectra_table(car_dataset, regions)
     for name in ["counts", "background", "exposure", "mask_safe", "npix"]:
         assert_array_equal(chunked[name], whole[name])
@@ -447,8 +446,8 @@ def test_bad_input(car_dataset):
 # ----------------------------------------------------------------------------
 def test_fast_paths_are_taken():
     """The parity tests above go through the fast paths, not their fallbacks."""
-    assert spectra._plain_sky_exact()
-    assert spectra._direct_init_ok()
+    assert pixels.plain_sky_exact()
+    assert _compat.direct_init_ok()
 
 
 def test_big_endian_dataset_parity(car_dataset):
@@ -494,12 +493,12 @@ def test_plain_sky_numbers_are_skycoord_numbers(frame, proj, skydir, binsz):
                     for r in regions[:10]]
         regions.append(CircleSkyRegion(SkyCoord(0.0, 90.0, unit="deg", frame="icrs"),
                                        0.3 * u.deg) if skydir[1] > 80 else regions[0])
-    seeds = spectra._Seeds(regions)
-    assert all(isinstance(spectra._sky(image.wcs, g, True), spectra._PlainSky)
-               for g in seeds.groups)
-    fast = spectra._circles(image, seeds, plain=True)
-    slow = spectra._circles(image, seeds, plain=False)
-    for name in spectra._CIRCLE_FIELDS:
+    stacked = seeds.Seeds(regions)
+    assert all(isinstance(pixels.choose_sky(image.wcs, g, True), pixels.PlainSky)
+               for g in stacked.groups)
+    fast = pixels.seed_circles(image, stacked, plain=True)
+    slow = pixels.seed_circles(image, stacked, plain=False)
+    for name in pixels.CIRCLE_FIELDS:
         assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
 
 
@@ -509,9 +508,9 @@ def test_north_offsets_are_directional_offset_by():
     lat = np.concatenate([rng.uniform(-90, 90, 200), [0.0, -1e-9, 89.9999999, -90.0, 90.0]])
     for unit in [u.deg, u.rad]:
         coords = SkyCoord((lon * u.deg).to(unit), (lat * u.deg).to(unit), frame="galactic")
-        sph = coords.directional_offset_by(0.0, spectra._OFFSET).spherical
+        sph = coords.directional_offset_by(0.0, pixels.OFFSET).spherical
         data = coords.frame.data
-        new_lon, new_lat = spectra._north_offsets(data.lon, data.lat)
+        new_lon, new_lat = pixels.north_offsets(data.lon, data.lat)
         assert_array_equal(new_lon, sph.lon.degree)
         assert_array_equal(new_lat, sph.lat.degree)
 
@@ -522,8 +521,8 @@ def test_fallback_paths_same_spectra(car_dataset, monkeypatch):
                                    _gammapy(car_dataset, _seeds(car_dataset.counts.geom, 12, 33)))
                if ref is not None]
     fast = extract_spectra(car_dataset, regions)
-    monkeypatch.setattr(spectra, "_plain_sky_exact", lambda: False)
-    monkeypatch.setattr(spectra, "_direct_init_ok", lambda: False)
+    monkeypatch.setattr(pixels, "plain_sky_exact", lambda: False)
+    monkeypatch.setattr(_compat, "direct_init_ok", lambda: False)
     slow = _check_parity(car_dataset, regions)
     for a, b in zip(fast, slow):
         for key in ["counts", "background", "exposure", "mask_safe"]:

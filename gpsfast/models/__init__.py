@@ -4,9 +4,19 @@
   `~gammapy.modeling.models.Models` (conventions and the type mapping are in
   `gpsfast.models.xmlio`).
 - `write_catalog` / `read_catalog` / `SurveyCatalog`: the survey catalogue, a
-  FITS table with one row per source that reads back into the same models.
+  FITS table with one row per source that reads back into the same models;
+  `read_catalog` also reads the CTA-GPS gammapy catalogue and H.E.S.S. HGPS
+  (`gpsfast.models.catalog_external`).
 - `convert`: file to file (``.xml``, ``.yaml``/``.yml``, ``.fits``), as used by
   ``gpsfast convert IN OUT``.
+- `read_yaml_models` / `write_yaml_models`: gammapy YAML, refusing duplicate keys
+  and writing referenced files relative to the YAML file.
+
+Model files are untrusted input: files they reference are read only from the
+model file's folder (and folders the caller allows), environment variables in
+their names are expanded only when asked (`gpsfast.models.xmlfiles`), and every
+error names file, line, source and value. Big files read in memory linear in the
+number of sources (`gpsfast.models.bulk`: no dense covariance until asked).
 
 Where gammapy's formula differs from GammaLib's, a gammapy-compatible class
 here reproduces GammaLib exactly (``GammaLib*``, ``NodeFunction``,
@@ -35,13 +45,17 @@ from .spectral import (
     BinFunctionSpectralModel,
     ExponentialSpectralModel,
     FileFunctionSpectralModel,
+    GammaLibPowerLaw2SpectralModel,
     GammaLibSmoothBrokenPowerLawSpectralModel,
+    GammaLibSuperExpCutoffPowerLawSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,
 )
 from .spectral_table import GammaLibTableSpectralModel
+from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
+from .profiles import GammaLibGaussianProfileSpatialModel
 from .dmprofiles import GammaLibDMBurkertSpatialModel, GammaLibDMEinastoSpatialModel, GammaLibDMZhaoSpatialModel
-from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
+from .temporal import GammaLibConstantTemporalModel, GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 from .sersic import GeneralizedGaussianSpatialModel, accelerate_models, restore_gammapy_models
 from .catalog import (
     FLAG_OTHER_AT_BOUND,
@@ -54,6 +68,7 @@ from .catalog import (
 from .convert import convert
 from .xmlio import SUPPORTED_XML_TYPES, read_xml, read_xml_detailed
 from .xmlwrite import write_xml
+from .yamlio import read_yaml_models, write_yaml_models
 
 __all__ = [
     "FLAG_POSITION_AT_BOUND",
@@ -64,6 +79,8 @@ __all__ = [
     "restore_gammapy_models",
     "read_xml",
     "read_xml_detailed",
+    "read_yaml_models",
+    "write_yaml_models",
     "write_xml",
     "write_catalog",
     "read_catalog",
@@ -73,7 +90,9 @@ __all__ = [
     "BinFunctionSpectralModel",
     "ExponentialSpectralModel",
     "FileFunctionSpectralModel",
+    "GammaLibPowerLaw2SpectralModel",
     "GammaLibSmoothBrokenPowerLawSpectralModel",
+    "GammaLibSuperExpCutoffPowerLawSpectralModel",
     "NodeFunctionSpectralModel",
     "PowerLawEnergyFluxSpectralModel",
     "GammaLibTableSpectralModel",
@@ -81,13 +100,17 @@ __all__ = [
     "GammaLibDMEinastoSpatialModel",
     "GammaLibDMZhaoSpatialModel",
     "GammaLibCompositeSpatialModel",
+    "GammaLibDiffuseCubeSpatialModel",
+    "GammaLibDiffuseMapSpatialModel",
     "GammaLibDiskSpatialModel",
     "GammaLibEllipticalDiskSpatialModel",
     "GammaLibEllipticalGaussianSpatialModel",
     "GammaLibEllipticalGeneralGaussianSpatialModel",
     "GammaLibRingSpatialModel",
     "GammaLibGaussianSpatialModel",
+    "GammaLibGaussianProfileSpatialModel",
     "GammaLibShellSpatialModel",
+    "GammaLibConstantTemporalModel",
     "GammaLibLightCurveTemporalModel",
     "GammaLibPhaseCurveTemporalModel",
 ]

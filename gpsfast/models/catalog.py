@@ -23,6 +23,9 @@ from gammapy.modeling.models import Models, SkyModel
 
 from ..errors import InputError
 from ..utils import atomic_output
+from .bulk import build_models
+from .catalog_external import catalogue_schema, read_cta_gps_catalog, read_hgps_catalog
+from .yamlio import portable_filenames
 
 __all__ = [
     "write_catalog",
@@ -64,9 +67,12 @@ def _walk_parameters(node, prefix, out):
     return out
 
 
-def _structure(model):
-    """Model dict with parameter values stripped, and the (column prefix, parameter dict) pairs."""
-    data = model.to_dict(full_output=True)
+def _structure(model, folder="."):
+    """Model dict with parameter values stripped, and the (column prefix, parameter dict) pairs.
+
+    Referenced files are stored relative to ``folder`` (the catalogue's) when inside it, else absolute.
+    """
+    data = portable_filenames(model.to_dict(full_output=True), folder)
     data.pop("name", None)
     data.pop("covariance", None)
     pars = []
@@ -220,13 +226,30 @@ def write_catalog(models, path, datasets=None, overwrite=False, seeds=None):
     par_columns = {}
     stats = _dataset_stats(sources, datasets) if datasets is not None else None
     detection = _seed_columns(seeds)
-    rows = [_source_row(model, stats, detection, par_columns) for model in sources]
+    folder = Path(path).parent
+    rows = [_source_row(model, stats, detection, par_columns, folder) for model in sources]
     table = _rows_to_table(rows, par_columns)
+    _check_ascii(table)
     table.meta["EXTNAME"] = "CATALOG"
     table.meta["ORIGIN"] = "gpsfast"
     with atomic_output(path, overwrite) as tmp:
         table.write(tmp, format="fits")
     return table
+
+
+def _check_ascii(table):
+    """FITS text is ASCII: refuse a non-ASCII string with the column and source (before anything is written)."""
+    for name in table.colnames:
+        if table[name].dtype.kind != "U":
+            continue
+        for i, value in enumerate(table[name]):
+            if not str(value).isascii():
+                bad = next(c for c in str(value) if not c.isascii())
+                raise InputError(
+                    f"write_catalog: source {str(table['Source_Name'][i])!r} (row {i + 1}), column {name!r}: "
+                    f"{str(value)!r} has the non-ASCII character {bad!r} (U+{ord(bad):04X}); FITS text is ASCII: "
+                    "rename it"
+                )
 
 
 def _column_for(base, unit, par_columns):
@@ -293,7 +316,7 @@ def _flag(model):
     return flag
 
 
-def _source_row(model, stats, detection, par_columns):
+def _source_row(model, stats, detection, par_columns, folder="."):
     """One catalogue row; registers the parameter columns (and their units) in ``par_columns``."""
     row = {"Source_Name": model.name}
     spatial = model.spatial_model
@@ -314,7 +337,7 @@ def _source_row(model, stats, detection, par_columns):
             row[f"Npred_{name}"], row[f"TS_{name}"] = npred[name], ts[name]
         row["Npred"] = float(np.nansum(list(npred.values())))
         row["TS"] = float(np.nansum(list(ts.values())))
-    structure, pars = _structure(model)
+    structure, pars = _structure(model, folder)
     for (base, par_dict), par in zip(pars, _parameter_values(model, pars)):
         column = _column_for(base, par.unit, par_columns)
         par_dict["column"] = column
@@ -378,33 +401,77 @@ def _rows_to_table(rows, par_columns):
     return table
 
 
-def _row_to_model(row, colnames):
+_PAR_SUFFIXES = ("_err", "_min", "_max", "_frozen", "_unit")
+
+
+def _cell_float(row, column, where):
+    try:
+        return float(row[column])
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: column {column!r} is not a number ({row[column]!r})") from None
+
+
+def _parameter_from_row(row, column, colnames, where):
+    """value, error, min, max, frozen and unit of one parameter column; non-finite or inconsistent values refused."""
+    missing = [column + s for s in ("",) + _PAR_SUFFIXES if column + s not in colnames]
+    if missing:
+        raise InputError(f"{where}: parameter column(s) {', '.join(map(repr, missing))} missing")
+    raw_unit = row[column + "_unit"]
+    unit = "" if np.ma.is_masked(raw_unit) else str(raw_unit).strip()
+    col_unit = colnames[column]
+    try:
+        conv = u.Unit(col_unit).to(u.Unit(unit)) if col_unit and unit and col_unit != unit else 1.0
+    except (ValueError, TypeError, u.UnitsError):
+        raise InputError(f"{where}: column {column!r}: unit {unit!r} (column unit {col_unit!r}) is not a valid "
+                         "or compatible unit") from None
+    value, error, vmin, vmax = (_cell_float(row, column + s, where) * conv for s in ("", "_err", "_min", "_max"))
+    if not np.isfinite(value):
+        raise InputError(f"{where}: column {column!r} value is {value} (not finite)")
+    if np.isnan(error):
+        error = 0.0
+    if vmin > vmax:
+        raise InputError(f"{where}: column {column!r}: min={vmin} is larger than max={vmax}")
+    return dict(value=value, error=error, min=vmin, max=vmax, frozen=bool(row[column + "_frozen"]), unit=unit)
+
+
+def _resolve_filenames(node, folder):
+    """Relative ``filename`` entries of a model dict taken relative to the catalogue's folder."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if key == "filename" and isinstance(value, str) and value and not Path(value).is_absolute():
+            node[key] = str(Path(folder) / value)
+        elif isinstance(value, (dict, list)):
+            _resolve_filenames(value, folder)
+
+
+def _row_to_model(row, colnames, where=None, folder=None):
     name = str(row["Source_Name"]).strip()
+    where = f"catalogue row {name!r}" if where is None else f"{where} ({name!r})"
     try:
         structure = json.loads(str(row["Model_Structure"]))
     except json.JSONDecodeError as exc:
-        raise InputError(f"catalogue row {name!r}: Model_Structure is not valid JSON ({exc})") from None
+        raise InputError(f"{where}: Model_Structure is not valid JSON ({exc})") from None
+    if not isinstance(structure, dict) or "spectral" not in structure:
+        raise InputError(f"{where}: Model_Structure has no spectral model")
     pars = []
     for comp in ("spectral", "spatial", "temporal"):
         if comp in structure:
             _walk_parameters(structure[comp], f"{comp}_", pars)
     for base, par in pars:
         column = par.pop("column", base)
-        if column not in colnames:
-            raise InputError(f"catalogue row {name!r}: parameter column {column!r} is missing")
-        unit = "" if np.ma.is_masked(row[column + "_unit"]) else str(row[column + "_unit"]).strip()
-        col_unit = colnames[column]
-        conv = u.Unit(col_unit).to(u.Unit(unit)) if col_unit and unit and col_unit != unit else 1.0
-        par.update(
-            value=float(row[column]) * conv,
-            error=float(row[column + "_err"]) * conv,
-            min=float(row[column + "_min"]) * conv,
-            max=float(row[column + "_max"]) * conv,
-            frozen=bool(row[column + "_frozen"]),
-            unit=unit,
-        )
+        par.update(_parameter_from_row(row, column, colnames, where))
     structure["name"] = name
-    return SkyModel.from_dict(structure)
+    if folder is not None:
+        _resolve_filenames(structure, folder)
+    try:
+        return SkyModel.from_dict(structure)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    except Exception as exc:
+        kinds = ", ".join(f"{c} {structure[c].get('type')!r}" for c in ("spectral", "spatial", "temporal")
+                          if isinstance(structure.get(c), dict))
+        raise InputError(f"{where}: cannot build the model ({kinds}): {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
 
 
 class SurveyCatalog:
@@ -416,9 +483,20 @@ class SurveyCatalog:
         Catalogue table (one row per source).
     """
 
-    def __init__(self, table):
+    def __init__(self, table, path=None):
         self.table = table
-        self._index = {str(n).strip(): i for i, n in enumerate(table["Source_Name"])}
+        self.path = path
+        names = [str(n).strip() for n in table["Source_Name"]]
+        first = {}
+        for i, name in enumerate(names):
+            if name in first:
+                raise InputError(f"{self._label()}: duplicate source name {name!r} in rows {first[name] + 1} "
+                                 f"and {i + 1}")
+            first[name] = i
+        self._index = first
+
+    def _label(self):
+        return str(self.path) if self.path is not None else "catalogue"
 
     @classmethod
     def read(cls, path):
@@ -433,7 +511,7 @@ class SurveyCatalog:
         for column in ("Source_Name", "Model_Structure"):
             if column not in table.colnames:
                 raise InputError(f"{path}: catalogue has no {column!r} column")
-        return cls(table)
+        return cls(table, path=path)
 
     def __len__(self):
         return len(self.table)
@@ -441,18 +519,42 @@ class SurveyCatalog:
     def _column_units(self):
         return {name: (str(col.unit) if col.unit is not None else "") for name, col in self.table.columns.items()}
 
+    def _model(self, index, units):
+        folder = Path(self.path).parent if self.path is not None else None
+        return _row_to_model(self.table[index], units, where=f"{self._label()}: row {index + 1}", folder=folder)
+
     def __getitem__(self, key):
         """The `~gammapy.modeling.models.SkyModel` of a source, by name or row index."""
         if isinstance(key, str):
             if key not in self._index:
                 raise KeyError(f"no source named {key!r} in the catalogue")
             key = self._index[key]
-        return _row_to_model(self.table[key], self._column_units())
+        return self._model(key, self._column_units())
 
-    def to_models(self):
-        """All sources as `~gammapy.modeling.models.Models`."""
+    def to_models(self, strict=True, bad=None):
+        """All sources as `~gammapy.modeling.models.Models`.
+
+        Parameters
+        ----------
+        strict : bool
+            Refuse the table at the first bad row (default); with ``False``
+            bad rows are left out with a logged warning.
+        bad : list, optional
+            Receives the `~gpsfast.errors.InputError` of each row left out
+            (its message names file, row, source and column).
+        """
         units = self._column_units()
-        return Models([_row_to_model(row, units) for row in self.table])
+        models = []
+        for i in range(len(self.table)):
+            try:
+                models.append(self._model(i, units))
+            except InputError as exc:
+                if strict:
+                    raise
+                log.warning("%s: not converted", exc)
+                if bad is not None:
+                    bad.append(exc)
+        return build_models(models)
 
     @property
     def positions(self):
@@ -460,17 +562,38 @@ class SurveyCatalog:
         return SkyCoord(self.table["GLON"], self.table["GLAT"], unit="deg", frame="galactic")
 
 
-def read_catalog(path):
-    """Read a survey catalogue FITS table back into gammapy models.
+def read_catalog(path, strict=True):
+    """Read a catalogue FITS table into gammapy sky models.
+
+    Three schemas are recognised: gpsfast's survey catalogue (`write_catalog`),
+    the CTA-GPS gammapy catalogue and H.E.S.S. HGPS (see
+    `gpsfast.models.catalog_external`); any other table gives an
+    `~gpsfast.errors.InputError` naming the known schemas.
 
     Parameters
     ----------
     path : str or `~pathlib.Path`
-        File written by `write_catalog`.
+        Catalogue FITS file.
+    strict : bool
+        Refuse the table at the first bad row (default), else leave bad rows
+        out with a logged warning naming file, row and column.
 
     Returns
     -------
     models : `~gammapy.modeling.models.Models`
-        One `~gammapy.modeling.models.SkyModel` per row.
+        One `~gammapy.modeling.models.SkyModel` per row (per component for HGPS).
     """
-    return SurveyCatalog.read(path).to_models()
+    return read_catalog_detailed(path, strict=strict)
+
+
+def read_catalog_detailed(path, strict=True, bad=None):
+    """`read_catalog`, also giving the rows left out in lenient mode (``bad`` receives their errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"catalogue file not found: {path}")
+    schema, hdu = catalogue_schema(path)
+    if schema == "hgps":
+        return read_hgps_catalog(path)
+    if schema == "cta-gps":
+        return read_cta_gps_catalog(path, hdu=hdu, strict=strict, bad=bad)
+    return SurveyCatalog.read(path).to_models(strict=strict, bad=bad)

@@ -48,8 +48,9 @@ from gammapy.modeling.models import SkyModel
 from gammapy.modeling.models import (
     GeneralizedGaussianSpatialModel as _GammapyGeneralizedGaussian,
 )
-from gammapy.modeling.models.spatial import MAX_OVERSAMPLING
 
+from gpsfast import _compat, twins
+from gpsfast._compat import MAX_OVERSAMPLING
 from gpsfast.kernels.sersic import (
     PROJ_CAR,
     PROJ_SIN,
@@ -356,7 +357,12 @@ class GeneralizedGaussianSpatialModel(_GammapyGeneralizedGaussian):
 
 
 def _transform_position(lon, lat, frame_from, frame_to):
-    """Transform a position in degrees between two frames with the cached rotation."""
+    """Transform a position in degrees between two frames with the cached rotation.
+
+    The longitude is wrapped to [0, 360) with ``%`` rather than ``Angle.wrap_at``:
+    this runs at every cutout update of a source in another frame than the map's,
+    on plain floats.
+    """
     lon, lat = math.radians(lon), math.radians(lat)
     vector = np.array(
         [math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)]
@@ -396,7 +402,7 @@ def _solid_angle(geom, spec):
     the same pixel-corner triangles are computed here on plain arrays, and
     gammapy's own cached values are used when they exist.
     """
-    cached = geom.__dict__.get("_solid_angle")
+    cached = _compat.cached_solid_angle(geom)
     if cached is not None:
         return cached.to_value("sr").reshape(spec.shape)
     if geom not in _SOLID_ANGLE_CACHE:
@@ -443,10 +449,16 @@ def _shape_vector(r_0_deg, eta, e, phi_deg):
     )
 
 
-def _iter_sky_models(models):
+def _switch_spatial_models(models, convert):
+    """Replace the spatial model of each sky model by ``convert(spatial)`` where that is not None; how many."""
+    n_switched = 0
     for model in models:
         if isinstance(model, SkyModel) and model.spatial_model is not None:
-            yield model
+            new = convert(model.spatial_model)
+            if new is not None:
+                model.spatial_model = new
+                n_switched += 1
+    return n_switched
 
 
 def accelerate_models(models):
@@ -465,13 +477,8 @@ def accelerate_models(models):
     n_switched : int
         Number of spatial models replaced.
     """
-    n_switched = 0
-    for model in _iter_sky_models(models):
-        spatial = model.spatial_model
-        if type(spatial) is _GammapyGeneralizedGaussian:
-            model.spatial_model = GeneralizedGaussianSpatialModel.from_gammapy(spatial)
-            n_switched += 1
-    return n_switched
+    return _switch_spatial_models(models, lambda spatial: twins.fast_twin(spatial)
+                                  if type(spatial) is _GammapyGeneralizedGaussian else None)
 
 
 def restore_gammapy_models(models):
@@ -487,9 +494,9 @@ def restore_gammapy_models(models):
     n_switched : int
         Number of spatial models replaced.
     """
-    n_switched = 0
-    for model in _iter_sky_models(models):
-        if isinstance(model.spatial_model, GeneralizedGaussianSpatialModel):
-            model.spatial_model = model.spatial_model.to_gammapy()
-            n_switched += 1
-    return n_switched
+    return _switch_spatial_models(models, lambda spatial: spatial.to_gammapy()
+                                  if isinstance(spatial, GeneralizedGaussianSpatialModel) else None)
+
+
+twins.register(_GammapyGeneralizedGaussian, GeneralizedGaussianSpatialModel,
+               GeneralizedGaussianSpatialModel.from_gammapy)

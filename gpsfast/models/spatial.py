@@ -10,10 +10,12 @@ Elliptical models use the gammapy convention for ``phi`` (angle of the major
 axis, counter-clockwise from the north of the model frame); `pa_to_phi` and
 `phi_to_pa` convert from / to GammaLib's ``PA`` (east of celestial north).
 """
+import functools
+
 import numpy as np
 import scipy.special
 import astropy.units as u
-from astropy.coordinates import Angle, SkyCoord, angular_separation, position_angle
+from astropy.coordinates import Angle, CartesianRepresentation, SkyCoord, angular_separation, position_angle
 from gammapy.modeling import Parameter, Parameters
 from gammapy.modeling.models import SPATIAL_MODEL_REGISTRY, PointSpatialModel, SpatialModel
 from regions import CircleAnnulusSkyRegion, CircleSkyRegion, EllipseSkyRegion
@@ -34,6 +36,22 @@ __all__ = [
 
 #: GammaLib truncates its elliptical Gaussian at this many effective radii.
 ELLIPTICAL_GAUSS_TRUNCATION = 3.0
+#: GammaLib truncates its elliptical generalised Gaussian at this many semi-major axes
+#: (``c_theta_max`` in GModelSpatialEllipticalGeneralGauss.cpp).
+ELLIPTICAL_GENERAL_GAUSS_TRUNCATION = 5.0
+
+
+@functools.lru_cache(maxsize=None)
+def _to_icrs_matrix(frame):
+    """Rotation matrix from ``frame`` to ICRS unit vectors (astropy's transformation of the axes)."""
+    axes = SkyCoord(CartesianRepresentation([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]), frame=frame)
+    icrs = axes.icrs.cartesian
+    # column j: the ICRS vector of the frame's axis j
+    return np.stack([icrs.x.value, icrs.y.value, icrs.z.value])
+
+
+def _unit_vector(lon, lat):
+    return np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
 
 
 def north_rotation(lon, lat, frame):
@@ -53,6 +71,17 @@ def north_rotation(lon, lat, frame):
     """
     if frame in ("icrs", "fk5"):
         return Angle(0, "deg")
+    if frame == "galactic":
+        # the frame is a fixed rotation of ICRS: rotate the centre and the pole, then the usual position angle
+        matrix = _to_icrs_matrix(frame)
+        centre = matrix @ _unit_vector(u.Quantity(lon).to_value("rad"), u.Quantity(lat).to_value("rad"))
+        pole = matrix @ np.array([0.0, 0.0, 1.0])
+        ra, dec = np.arctan2(centre[1], centre[0]), np.arcsin(np.clip(centre[2], -1, 1))
+        ra_p, dec_p = np.arctan2(pole[1], pole[0]), np.arcsin(np.clip(pole[2], -1, 1))
+        d_ra = ra_p - ra
+        angle = np.arctan2(np.sin(d_ra) * np.cos(dec_p),
+                           np.cos(dec) * np.sin(dec_p) - np.sin(dec) * np.cos(dec_p) * np.cos(d_ra))
+        return Angle(angle, "rad").to("deg").wrap_at(180 * u.deg)
     centre = SkyCoord(lon, lat, frame=frame).icrs
     pole = SkyCoord(0 * u.deg, 90 * u.deg, frame=frame).icrs
     return Angle(centre.position_angle(pole)).wrap_at(180 * u.deg)
@@ -205,10 +234,12 @@ def _elliptical_parameters():
 
 
 class GammaLibRingSpatialModel(SpatialModel):
-    r"""GammaLib ``RadialRing``: uniform between ``radius - width`` and ``radius``.
+    r"""GammaLib ``RadialRing``: uniform between ``radius`` and ``radius + width``.
 
     Value :math:`1 / (2\pi(\cos r_i - \cos r_o))` for :math:`r_i \le \theta \le r_o`,
-    with :math:`r_o` = ``radius`` (outer radius) and :math:`r_i` = ``radius - width``.
+    with the inner radius :math:`r_i` = ``radius`` and the outer radius
+    :math:`r_o` = ``radius + width`` (``GModelSpatialRadialRing::theta_min`` /
+    ``theta_max``).
     """
 
     tag = ["GammaLibRingSpatialModel", "gl-ring"]
@@ -219,7 +250,8 @@ class GammaLibRingSpatialModel(SpatialModel):
 
     @property
     def evaluation_radius(self):
-        return self.radius.quantity
+        """Outer radius."""
+        return self.radius.quantity + self.width.quantity
 
     @property
     def evaluation_bin_size_min(self):
@@ -228,8 +260,8 @@ class GammaLibRingSpatialModel(SpatialModel):
     @staticmethod
     def evaluate(lon, lat, lon_0, lat_0, radius, width):
         theta = _theta(lon, lat, lon_0, lat_0)
-        r_out = radius.to_value("rad")
-        r_in = r_out - width.to_value("rad")
+        r_in = radius.to_value("rad")
+        r_out = r_in + width.to_value("rad")
         denom = 2 * np.pi * (np.cos(r_in) - np.cos(r_out))
         norm = 1.0 / denom if denom > 0 else 0.0
         return np.where((theta <= r_out) & (theta >= r_in), norm, 0.0) * u.Unit("sr-1")
@@ -237,8 +269,8 @@ class GammaLibRingSpatialModel(SpatialModel):
     def to_region(self, size_factor=1.0, **kwargs):
         return CircleAnnulusSkyRegion(
             self.position,
-            size_factor * (self.radius.quantity - self.width.quantity),
             size_factor * self.radius.quantity,
+            size_factor * (self.radius.quantity + self.width.quantity),
             **kwargs,
         )
 
@@ -322,11 +354,12 @@ class GammaLibEllipticalGaussianSpatialModel(_GammaLibElliptical):
 
 
 class GammaLibEllipticalGeneralGaussianSpatialModel(_GammaLibElliptical):
-    r"""GammaLib ``EllipticalGeneralGaussian``, truncated at 3 semi-major axes.
+    r"""GammaLib ``EllipticalGeneralGaussian``, truncated at 5 semi-major axes.
 
     :math:`\exp(-(\theta / r_{eff})^{1/\eta}) / (2\pi a b \eta \Gamma(2\eta))` for
-    :math:`\theta \le 3a`, zero beyond. gammapy's `GeneralizedGaussianSpatialModel`
-    has the same formula without the truncation.
+    :math:`\theta \le 5a`, zero beyond (``GModelSpatialEllipticalGeneralGauss::eval``
+    and ``theta_max``). gammapy's `GeneralizedGaussianSpatialModel` has the same
+    formula without the truncation.
     """
 
     tag = ["GammaLibEllipticalGeneralGaussianSpatialModel", "gl-egeneralgauss"]
@@ -335,7 +368,7 @@ class GammaLibEllipticalGeneralGaussianSpatialModel(_GammaLibElliptical):
 
     @property
     def evaluation_radius(self):
-        return ELLIPTICAL_GAUSS_TRUNCATION * self.r_0.quantity
+        return ELLIPTICAL_GENERAL_GAUSS_TRUNCATION * self.r_0.quantity
 
     @property
     def evaluation_bin_size_min(self):
@@ -348,7 +381,7 @@ class GammaLibEllipticalGeneralGaussianSpatialModel(_GammaLibElliptical):
         eta = u.Quantity(eta).to_value("")
         denom = 2 * np.pi * a * b * eta * scipy.special.gamma(2 * eta)
         norm = 1.0 / denom if denom > 0 else 0.0
-        inside = theta <= ELLIPTICAL_GAUSS_TRUNCATION * max(a, b)
+        inside = theta <= ELLIPTICAL_GENERAL_GAUSS_TRUNCATION * max(a, b)
         return np.where(inside, norm * np.exp(-((theta / r_eff) ** (1.0 / eta))), 0.0) * u.Unit("sr-1")
 
 

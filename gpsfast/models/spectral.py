@@ -10,12 +10,19 @@ from pathlib import Path
 import numpy as np
 import astropy.units as u
 from gammapy.modeling import Parameter, Parameters
-from gammapy.modeling.models import SPECTRAL_MODEL_REGISTRY, SpectralModel
+from gammapy.modeling.models import (
+    SPECTRAL_MODEL_REGISTRY,
+    ExpCutoffPowerLawSpectralModel,
+    PowerLaw2SpectralModel,
+    SpectralModel,
+)
 from gammapy.modeling.models.core import _build_parameters_from_dict
 
 from ..errors import InputError
 
 __all__ = [
+    "GammaLibPowerLaw2SpectralModel",
+    "GammaLibSuperExpCutoffPowerLawSpectralModel",
     "BinFunctionSpectralModel",
     "NodeFunctionSpectralModel",
     "PowerLawEnergyFluxSpectralModel",
@@ -194,6 +201,51 @@ class PowerLawEnergyFluxSpectralModel(SpectralModel):
         return norm * np.power(e, gamma) * u.Unit(f"cm-2 s-1 {e_unit}-1")
 
 
+class GammaLibPowerLaw2SpectralModel(PowerLaw2SpectralModel):
+    r"""GammaLib ``PowerLaw`` in its photon-flux form (``GModelSpectralPlawPhotonFlux``), index 1 included.
+
+    .. math::
+        \phi(E) = F \frac{1 - \Gamma}{E_{max}^{1-\Gamma} - E_{min}^{1-\Gamma}} E^{-\Gamma}
+        \quad (\Gamma \ne 1), \qquad
+        \phi(E) = \frac{F}{\ln(E_{max}/E_{min})} E^{-1} \quad (\Gamma = 1)
+
+    gammapy's `~gammapy.modeling.models.PowerLaw2SpectralModel` divides 0 by 0 at
+    :math:`\Gamma = 1` (GammaLib's ``Index = -1``).
+    """
+
+    tag = ["GammaLibPowerLaw2SpectralModel", "gl-pl2"]
+    amplitude, index, emin, emax = (PowerLaw2SpectralModel.default_parameters[name].copy()
+                                    for name in ("amplitude", "index", "emin", "emax"))
+
+    @staticmethod
+    def evaluate(energy, amplitude, index, emin, emax):
+        if u.Quantity(index).to_value("") == 1.0:
+            return amplitude / np.log((emax / emin).to_value("")) / energy
+        return PowerLaw2SpectralModel.evaluate(energy, amplitude, index, emin, emax)
+
+    @staticmethod
+    def evaluate_integral(energy_min, energy_max, amplitude, index, emin, emax):
+        if u.Quantity(index).to_value("") == 1.0:
+            return amplitude * np.log((energy_max / energy_min).to_value("")) / np.log((emax / emin).to_value(""))
+        return PowerLaw2SpectralModel.evaluate_integral(energy_min, energy_max, amplitude, index, emin, emax)
+
+
+class GammaLibSuperExpCutoffPowerLawSpectralModel(ExpCutoffPowerLawSpectralModel):
+    r"""GammaLib ``SuperExponentialCutoffPowerLaw`` (``GModelSpectralSuperExpPlaw``).
+
+    :math:`\phi_0 (E/E_0)^{-\Gamma} \exp(-(\lambda E)^{\alpha})` with
+    :math:`\lambda = 1/E_{cut}` and :math:`\alpha` = ``Index2``: gammapy's formula,
+    kept as its own class so that it is written back as a super-exponential
+    cut-off (``Index2`` with its bounds and free flag) even when ``Index2`` is 1.
+    """
+
+    tag = ["GammaLibSuperExpCutoffPowerLawSpectralModel", "gl-secpl"]
+    index, amplitude, reference, lambda_, alpha = (
+        ExpCutoffPowerLawSpectralModel.default_parameters[name].copy()
+        for name in ("index", "amplitude", "reference", "lambda_", "alpha")
+    )
+
+
 class GammaLibSmoothBrokenPowerLawSpectralModel(SpectralModel):
     r"""GammaLib ``SmoothBrokenPowerLaw``.
 
@@ -232,20 +284,33 @@ def read_file_function(path):
     -------
     energy, values : `~astropy.units.Quantity`
         Node energies (MeV) and intensities (cm-2 s-1 MeV-1).
+
+    Raises
+    ------
+    InputError
+        Binary content, a line that is not two numbers, a non-finite number,
+        fewer than two rows, non-positive or non-increasing values; the
+        message names the file and line but never echoes the file's text.
     """
+    from .xmlfiles import read_text_file
+
     path = Path(path)
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text_file(path, "FileFunction table").splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
         fields = text.replace(",", " ").split()
         try:
-            rows.append((float(fields[0]), float(fields[1])))
+            energy, intensity = float(fields[0]), float(fields[1])
         except (ValueError, IndexError):
             raise InputError(
-                f"{path}:{lineno}: FileFunction line needs two numbers (energy in MeV, intensity), got {line!r}"
+                f"{path}:{lineno}: FileFunction line needs two numbers (energy in MeV, intensity)"
             ) from None
+        if not (np.isfinite(energy) and np.isfinite(intensity)):
+            raise InputError(f"{path}:{lineno}: FileFunction row is not finite (energy={energy}, "
+                             f"intensity={intensity})")
+        rows.append((energy, intensity))
     if len(rows) < 2:
         raise InputError(f"{path}: FileFunction table needs at least two rows, found {len(rows)}")
     data = np.array(rows)
@@ -357,6 +422,8 @@ class ExponentialSpectralModel(SpectralModel):
 
 
 for _cls in (
+    GammaLibPowerLaw2SpectralModel,
+    GammaLibSuperExpCutoffPowerLawSpectralModel,
     BinFunctionSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,

@@ -12,11 +12,40 @@ from astropy.table import Table
 from astropy.time import Time
 from gammapy.modeling import Parameter
 from gammapy.modeling.models.core import _build_parameters_from_dict
-from gammapy.modeling.models import TEMPORAL_MODEL_REGISTRY, TemplatePhaseCurveTemporalModel, TemporalModel
+from gammapy.modeling.models import (
+    TEMPORAL_MODEL_REGISTRY,
+    ConstantTemporalModel,
+    TemplatePhaseCurveTemporalModel,
+    TemporalModel,
+)
 
 from ..errors import InputError
 
-__all__ = ["GammaLibPhaseCurveTemporalModel", "GammaLibLightCurveTemporalModel", "gammalib_phase_nodes"]
+__all__ = [
+    "GammaLibConstantTemporalModel",
+    "GammaLibPhaseCurveTemporalModel",
+    "GammaLibLightCurveTemporalModel",
+    "gammalib_phase_nodes",
+]
+
+
+class GammaLibConstantTemporalModel(ConstantTemporalModel):
+    """GammaLib temporal ``Constant`` (``GModelTemporalConst::eval``): the value is ``norm``.
+
+    gammapy's `~gammapy.modeling.models.ConstantTemporalModel` is 1; GammaLib's
+    ``Normalization`` multiplies the source flux.
+    """
+
+    tag = ["GammaLibConstantTemporalModel", "gl-const"]
+    norm = Parameter("norm", 1.0, unit="", frozen=True)
+
+    @staticmethod
+    def evaluate(time, norm):
+        return np.ones(np.shape(time)) * u.Quantity(norm).to_value("") * u.one
+
+    def integral(self, t_min, t_max):
+        """Integrated norm over the time intervals (``norm`` times gammapy's constant)."""
+        return self.norm.value * super().integral(t_min, t_max)
 
 
 def gammalib_phase_nodes(phase, norm, normalize=True):
@@ -101,9 +130,21 @@ class GammaLibPhaseCurveTemporalModel(TemplatePhaseCurveTemporalModel):
         path = Path(path)
         if not path.is_file():
             raise InputError(f"phase-curve file not found: {path}")
-        with fits.open(path) as hdul:
-            table = Table.read(hdul[1])
-        return cls(table, filename=str(path), normalize=normalize, **kwargs)
+        try:
+            with fits.open(path) as hdul:
+                table = Table.read(hdul[1])
+            phase = np.asarray(table["PHASE"], dtype=float)
+            norm = np.asarray(table["NORM"], dtype=float)
+        except (OSError, IndexError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: not a phase-curve FITS table with PHASE and NORM columns "
+                             f"({type(exc).__name__})") from None
+        if not (np.all(np.isfinite(phase)) and np.all(np.isfinite(norm))):
+            row = int(np.nonzero(~(np.isfinite(phase) & np.isfinite(norm)))[0][0])
+            raise InputError(f"{path}: phase-curve row {row + 1} is not finite (PHASE={phase[row]}, NORM={norm[row]})")
+        try:
+            return cls(table, filename=str(path), normalize=normalize, **kwargs)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
     def evaluate(self, time, norm, t_ref, phi_ref, f0, f1, f2):
         phase, _ = self._time_to_phase(time, t_ref, phi_ref, f0, f1, f2)
@@ -130,16 +171,27 @@ def _read_light_curve(path):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"light-curve file not found: {path}")
-    with fits.open(path) as hdul:
-        hdu = hdul[1]
-        header = hdu.header
-        mjdref = header.get("MJDREFI", 0) + header.get("MJDREFF", 0.0)
-        if "MJDREF" in header:
-            mjdref = header["MJDREF"]
-        unit = u.Unit(header.get("TIMEUNIT", "s"))
-        time = np.asarray(hdu.data["TIME"], dtype=float) * unit
-        norm = np.asarray(hdu.data["NORM"], dtype=float)
-        timesys = header.get("TIMESYS", "TT").lower()
+    try:
+        with fits.open(path) as hdul:
+            hdu = hdul[1]
+            header = hdu.header
+            mjdref = header.get("MJDREFI", 0) + header.get("MJDREFF", 0.0)
+            if "MJDREF" in header:
+                mjdref = header["MJDREF"]
+            unit = u.Unit(header.get("TIMEUNIT", "s"))
+            time = np.asarray(hdu.data["TIME"], dtype=float) * unit
+            norm = np.asarray(hdu.data["NORM"], dtype=float)
+            timesys = str(header.get("TIMESYS", "TT")).lower()
+            mjdref = float(mjdref)
+    except (OSError, IndexError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a light-curve FITS table with TIME and NORM columns "
+                         f"({type(exc).__name__})") from None
+    finite = np.isfinite(time.value) & np.isfinite(norm)
+    if not np.all(finite):
+        row = int(np.nonzero(~finite)[0][0])
+        raise InputError(f"{path}: light-curve row {row + 1} is not finite (TIME={time.value[row]}, NORM={norm[row]})")
+    if len(time) < 1 or np.any(np.diff(time.value) <= 0):
+        raise InputError(f"{path}: light-curve TIME must increase strictly (at least one row)")
     return mjdref, time, norm, timesys
 
 
@@ -180,6 +232,6 @@ class GammaLibLightCurveTemporalModel(TemporalModel):
         return cls(temporal["filename"], norm=pars["norm"], scale=temporal.get("scale", "tt"))
 
 
-for _cls in (GammaLibPhaseCurveTemporalModel, GammaLibLightCurveTemporalModel):
+for _cls in (GammaLibConstantTemporalModel, GammaLibPhaseCurveTemporalModel, GammaLibLightCurveTemporalModel):
     if _cls not in TEMPORAL_MODEL_REGISTRY:
         TEMPORAL_MODEL_REGISTRY.append(_cls)

@@ -57,13 +57,16 @@ from .spectral import (
     ExponentialSpectralModel,
     FileFunctionSpectralModel,
     GammaLibSmoothBrokenPowerLawSpectralModel,
+    GammaLibSuperExpCutoffPowerLawSpectralModel,
     NodeFunctionSpectralModel,
     PowerLawEnergyFluxSpectralModel,
 )
 from .spectral_table import GammaLibTableSpectralModel
+from .diffuse import GammaLibDiffuseCubeSpatialModel, GammaLibDiffuseMapSpatialModel
 from .dmprofiles import _GammaLibDMProfile
+from .profiles import GammaLibGaussianProfileSpatialModel
 from .xmlio import DM_HALO_PARAMETERS, DM_PROFILES
-from .temporal import GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
+from .temporal import GammaLibConstantTemporalModel, GammaLibLightCurveTemporalModel, GammaLibPhaseCurveTemporalModel
 
 __all__ = ["write_xml"]
 
@@ -164,6 +167,7 @@ def _write_spectral(parent, model, name, warn):
         _write_par(el, "UpperLimit", model.emax, "MeV")
     elif isinstance(model, ExpCutoffPowerLawSpectralModel):
         plain = model.alpha.value == 1.0 and model.alpha.frozen
+        plain = plain and not isinstance(model, GammaLibSuperExpCutoffPowerLawSpectralModel)
         el.set("type", "ExponentialCutoffPowerLaw" if plain else "SuperExponentialCutoffPowerLaw")
         _write_par(el, "Prefactor", model.amplitude, _diff_unit(model.amplitude))
         _write_par(el, "Index" if plain else "Index1", model.index, negate=True)
@@ -340,7 +344,7 @@ def _write_native_spatial(el, model, name, warn):
         el.set("type", "EllipticalGeneralGaussian")
         _write_ellipse(el, model, model.r_0)
         _write_par(el, "R_Index", model.eta)
-        warn(f"source {name!r}: GammaLib EllipticalGeneralGaussian is cut at 3 semi-major axes")
+        warn(f"source {name!r}: GammaLib EllipticalGeneralGaussian is cut at 5 semi-major axes")
     else:
         return False
     return True
@@ -357,6 +361,10 @@ def _write_spatial(parent, model, name, warn):
         _write_par(el, "Radius", model.r_0, "deg")
     elif isinstance(model, GammaLibGaussianSpatialModel):
         el.set("type", "RadialGaussian")
+        _write_position(el, model)
+        _write_par(el, "Sigma", model.sigma, "deg")
+    elif isinstance(model, GammaLibGaussianProfileSpatialModel):
+        el.set("type", "GaussianProfile")
         _write_position(el, model)
         _write_par(el, "Sigma", model.sigma, "deg")
     elif isinstance(model, GammaLibShellSpatialModel):
@@ -394,11 +402,27 @@ def _write_spatial(parent, model, name, warn):
     elif isinstance(model, ConstantSpatialModel):
         el.set("type", "DiffuseIsotropic")
         _write_par(el, "Value", model.value, "sr-1")
+    elif isinstance(model, GammaLibDiffuseMapSpatialModel):
+        el.set("type", "DiffuseMap")
+        if not model.filename:
+            raise InputError(f"source {name!r}: diffuse map has no filename to write")
+        el.set("file", str(model.filename))
+        if not model.normalize:
+            el.set("normalize", "0")
+        _write_par(el, "Normalization", model.norm)
+    elif isinstance(model, GammaLibDiffuseCubeSpatialModel):
+        el.set("type", "DiffuseMapCube")
+        if not model.filename:
+            raise InputError(f"source {name!r}: map cube has no filename to write")
+        el.set("file", str(model.filename))
+        _write_par(el, "Normalization", model.norm)
     elif isinstance(model, TemplateSpatialModel):
         el.set("type", "DiffuseMap" if model.map.geom.is_image else "DiffuseMapCube")
         if not model.filename:
             raise InputError(f"source {name!r}: template spatial model has no filename to write")
         el.set("file", str(model.filename))
+        if model.map.geom.is_image and not model.normalize:
+            el.set("normalize", "0")
         _par_el(el, "Normalization", 1.0, vmin=0.001, vmax=1000.0)
     else:
         raise InputError(
@@ -425,7 +449,10 @@ def _write_dm_profile(el, model):
 
 def _write_temporal(parent, model, name, warn):
     el = SubElement(parent, "temporal")
-    if isinstance(model, ConstantTemporalModel):
+    if isinstance(model, GammaLibConstantTemporalModel):
+        el.set("type", "Constant")
+        _write_par(el, "Normalization", model.norm)
+    elif isinstance(model, ConstantTemporalModel):
         el.set("type", "Constant")
         _par_el(el, "Normalization", 1.0, vmin=0.0, vmax=1000.0)
     elif isinstance(model, GammaLibPhaseCurveTemporalModel):
@@ -449,9 +476,10 @@ def _write_temporal(parent, model, name, warn):
 
 
 def _write_background(root, model, warn):
-    # gammapy names the model "<dataset>-bkg": the XML source takes the dataset name, also as its id
+    # gammapy names the model "<dataset>-bkg": the XML source takes the dataset name. No ``id``: GammaLib
+    # would apply the model only to the observation of that id (a dataset name is not an observation id)
     name = model.datasets_names[0] if model.datasets_names else model.name
-    src = SubElement(root, "source", {"name": name, "type": "CTAIrfBackground", "instrument": "CTA", "id": name})
+    src = SubElement(root, "source", {"name": name, "type": "CTAIrfBackground", "instrument": "CTA"})
     spec = model.spectral_model
     if isinstance(spec, PowerLawNormSpectralModel):
         el = SubElement(src, "spectrum", {"type": "PowerLaw"})

@@ -7,6 +7,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from ..errors import InputError
+from ..models.yamlio import load_yaml_strict
 
 __all__ = ["PipelineConfig", "load_config"]
 
@@ -127,20 +128,6 @@ def _describe(error, source):
     return "; ".join(lines)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML safe loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_config(path=None, **overrides):
     """Read and validate a pipeline configuration.
 
@@ -166,11 +153,7 @@ def load_config(path=None, **overrides):
         source = str(path)
         if not path.is_file():
             raise InputError(f"Configuration file not found: {path}")
-        try:
-            with open(path, "rb") as stream:
-                data = yaml.load(stream, Loader=_UniqueKeyLoader) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        data = load_yaml_strict(path, "configuration file") or {}
         if not isinstance(data, dict):
             raise InputError(f"{path}: the configuration must be a mapping of sections")
     data.update({key: value for key, value in overrides.items() if value is not None})

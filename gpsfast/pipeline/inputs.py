@@ -14,10 +14,9 @@ import numpy as np
 from astropy.io.fits.verify import VerifyWarning
 from gammapy.datasets import MapDataset
 from gammapy.maps import WcsGeom
-from gammapy.modeling.models import Models
 
 from ..errors import InputError
-from ..models import read_catalog, read_xml
+from ..models import read_catalog, read_xml, read_yaml_models
 
 __all__ = ["read_dataset", "check_dataset", "read_models_file"]
 
@@ -149,7 +148,6 @@ def read_models_file(path, key):
     if not name.endswith((".yaml", ".yml")):
         raise InputError(f"{path} ({key}): unknown model file type; use .xml, .yaml/.yml or .fits/.fits.gz")
     try:
-        return Models.read(path)
-    except Exception as exc:  # noqa: BLE001  any reading failure is the file's
-        message = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        raise InputError(f"{path} ({key}): not a readable gammapy models YAML file ({message[:200]})") from None
+        return read_yaml_models(path)
+    except InputError as exc:
+        raise InputError(f"{exc} ({key})") from None

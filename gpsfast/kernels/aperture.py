@@ -1,4 +1,4 @@
-"""Aperture sums of a cube: at many positions, or as a masked full-map correlation.
+"""Disk sums of a cube: at many positions, or as a masked full-map correlation.
 
 A cube is a ``(n_energy, ny, nx)`` array; a mask is a boolean ``(n_mask, ny, nx)``
 array with ``n_mask`` either ``n_energy`` or 1 (one spatial mask for every energy
@@ -8,8 +8,7 @@ plane). Pixel ``(i, j)`` (column, row) has its centre at pixel coordinates
 Membership follows ``regions``: a pixel is inside a circle of pixel radius ``r``
 centred on ``(cx, cy)`` when ``hypot(i - cx, j - cy) < r`` (strictly), computed
 in float64 with the C library ``hypot`` that NumPy also uses, so that pixel
-membership is bit-for-bit the one of ``CirclePixelRegion.contains``. An annulus
-is ``r_in <= d < r_out`` (``CircleAnnulusPixelRegion``).
+membership is bit-for-bit the one of ``CirclePixelRegion.contains``.
 """
 import math
 
@@ -18,22 +17,12 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 __all__ = [
-    "ANNULUS",
-    "DISK",
-    "GAUSS",
     "aperture_pixels",
     "aperture_sums",
     "correlate_masked",
     "disk_weights",
     "pixel_sums",
 ]
-
-DISK = 0
-"""Aperture kind: weight 1 where ``d < r_out``."""
-ANNULUS = 1
-"""Aperture kind: weight 1 where ``r_in <= d < r_out``."""
-GAUSS = 2
-"""Aperture kind: weight ``exp(-d**2 / (2 sigma**2))`` where ``d < r_out``."""
 
 
 @njit(cache=True, nogil=True)
@@ -54,23 +43,11 @@ def _inside(dx, dy, d2, r):
 
 
 @njit(cache=True, nogil=True)
-def _weight(dx, dy, kind, r_in, r_out, sigma):
-    d2 = dx * dx + dy * dy
-    if not _inside(dx, dy, d2, r_out):
-        return 0.0
-    if kind == ANNULUS:
-        return 0.0 if _inside(dx, dy, d2, r_in) else 1.0
-    if kind == GAUSS:
-        return math.exp(-0.5 * d2 / (sigma * sigma))
-    return 1.0
-
-
-@njit(cache=True, nogil=True)
-def aperture_sums(cube, mask, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi, kind):
-    """Weighted sums of a cube in apertures around many positions.
+def aperture_sums(cube, mask, cx, cy, r, x_lo, y_lo, x_hi, y_hi):
+    """Sums of a cube in disks around many positions.
 
     Only pixels inside the window ``[x_lo, x_hi) x [y_lo, y_hi)`` of the cube
-    count; the aperture centre ``(cx, cy)`` is given relative to the window
+    count; the disk centre ``(cx, cy)`` is given relative to the window
     origin, i.e. pixel ``(i, j)`` of the cube is at distance
     ``hypot((i - x_lo) - cx, (j - y_lo) - cy)`` from the centre. (gammapy decides
     region membership on a cutout, whose pixel grid starts at the window origin.)
@@ -80,72 +57,64 @@ def aperture_sums(cube, mask, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi
     cube : ndarray, shape (n_energy, ny, nx)
         Data: float32 or float64, or the unsigned-integer view of byte-swapped
         floats (see `pixel_sums`). Non-finite values propagate into the sums of
-        the apertures that select them.
+        the disks that select them.
     mask : ndarray, shape (n_mask, ny, nx), bool
         Pixels to use; ``n_mask`` is ``n_energy`` or 1.
     cx, cy : ndarray, shape (n,), float64
-        Aperture centres in window pixel coordinates.
-    r_in, r_out, sigma : ndarray, shape (n,), float64
-        Inner radius (annulus), outer radius, Gaussian width, in pixels.
+        Disk centres in window pixel coordinates.
+    r : ndarray, shape (n,), float64
+        Disk radii in pixels.
     x_lo, y_lo, x_hi, y_hi : ndarray, shape (n,), int64
         Windows, clipped to the cube by the kernel.
-    kind : int
-        `DISK`, `ANNULUS` or `GAUSS`.
 
     Returns
     -------
     sums : ndarray, shape (n, n_energy), float64
-        Sum of ``weight * cube`` over aperture pixels with ``mask`` true.
+        Sum of ``cube`` over the disk pixels with ``mask`` true.
     norm : ndarray, shape (n, n_energy), float64
-        Sum of ``weight`` over aperture pixels with ``mask`` true (the number of
-        pixels used, for `DISK` and `ANNULUS`).
+        Number of disk pixels with ``mask`` true.
     norm_all : ndarray, shape (n,), float64
-        Sum of ``weight`` over all aperture pixels, masked or not.
+        Number of disk pixels, masked or not.
 
     Notes
     -----
     `aperture_pixels` then `pixel_sums`: to sum several cubes on the same
-    apertures, call those two directly and list the aperture pixels once.
+    disks, call those two directly and list the disk pixels once.
     """
     _, ny, nx = cube.shape
-    pix, weight, start, stop, norm_all = aperture_pixels(
-        ny, nx, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi, kind
-    )
-    sums, norm = pixel_sums(cube, mask, pix, weight, start, stop)
+    pix, start, stop, norm_all = aperture_pixels(ny, nx, cx, cy, r, x_lo, y_lo, x_hi, y_hi)
+    sums, norm = pixel_sums(cube, mask, pix, start, stop)
     return sums, norm, norm_all
 
 
 @njit(cache=True, nogil=True)
-def aperture_pixels(ny, nx, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi, kind):
-    """Pixels and weights of apertures around many positions on a ``(ny, nx)`` image.
+def aperture_pixels(ny, nx, cx, cy, r, x_lo, y_lo, x_hi, y_hi):
+    """Pixels of disks around many positions on a ``(ny, nx)`` image.
 
-    Parameters are those of `aperture_sums` (apertures, windows, ``kind``).
+    Parameters are those of `aperture_sums` (disks, windows).
 
     Returns
     -------
     pix : ndarray, shape (m,), int64
-        Flat pixel index ``j * nx + i`` of the aperture pixels, aperture after
-        aperture, each in row-major order.
-    weight : ndarray, shape (m,), float64
-        Their weights.
+        Flat pixel index ``j * nx + i`` of the disk pixels, disk after disk,
+        each in row-major order.
     start, stop : ndarray, shape (n,), int64
-        Aperture ``s`` is ``pix[start[s]:stop[s]]``.
+        Disk ``s`` is ``pix[start[s]:stop[s]]``.
     norm_all : ndarray, shape (n,), float64
-        Sum of the weights of each aperture.
+        Number of pixels of each disk.
     """
     n = cx.shape[0]
     start = np.zeros(n + 1, dtype=np.int64)
     box = np.zeros((n, 4), dtype=np.int64)
     for s in range(n):
-        # bounding box of the aperture (1 pixel margin), inside the window
-        box[s, 0] = max(x_lo[s], max(0, x_lo[s] + int(math.floor(cx[s] - r_out[s])) - 1))
-        box[s, 1] = min(x_hi[s], min(nx, x_lo[s] + int(math.ceil(cx[s] + r_out[s])) + 2))
-        box[s, 2] = max(y_lo[s], max(0, y_lo[s] + int(math.floor(cy[s] - r_out[s])) - 1))
-        box[s, 3] = min(y_hi[s], min(ny, y_lo[s] + int(math.ceil(cy[s] + r_out[s])) + 2))
+        # bounding box of the disk (1 pixel margin), inside the window
+        box[s, 0] = max(x_lo[s], max(0, x_lo[s] + int(math.floor(cx[s] - r[s])) - 1))
+        box[s, 1] = min(x_hi[s], min(nx, x_lo[s] + int(math.ceil(cx[s] + r[s])) + 2))
+        box[s, 2] = max(y_lo[s], max(0, y_lo[s] + int(math.floor(cy[s] - r[s])) - 1))
+        box[s, 3] = min(y_hi[s], min(ny, y_lo[s] + int(math.ceil(cy[s] + r[s])) + 2))
         size = max(0, box[s, 1] - box[s, 0]) * max(0, box[s, 3] - box[s, 2])
         start[s + 1] = start[s] + size
     pix = np.empty(start[n], dtype=np.int64)
-    weight = np.empty(start[n], dtype=np.float64)
     stop = start[:n].copy()
     norm_all = np.zeros(n, dtype=np.float64)
     for s in range(n):
@@ -154,19 +123,17 @@ def aperture_pixels(ny, nx, cx, cy, r_in, r_out, sigma, x_lo, y_lo, x_hi, y_hi, 
             dy = float(j - y_lo[s]) - cy[s]
             for i in range(box[s, 0], box[s, 1]):
                 dx = float(i - x_lo[s]) - cx[s]
-                w = _weight(dx, dy, kind, r_in[s], r_out[s], sigma[s])
-                if w != 0.0:
+                if _inside(dx, dy, dx * dx + dy * dy, r[s]):
                     pix[m] = j * nx + i
-                    weight[m] = w
-                    norm_all[s] += w
                     m += 1
         stop[s] = m
-    return pix, weight, start[:n].copy(), stop, norm_all
+        norm_all[s] = m - start[s]
+    return pix, start[:n].copy(), stop, norm_all
 
 
 @njit(cache=True, nogil=True)
-def pixel_sums(cube, mask, pix, weight, start, stop):
-    """Weighted sums of every energy plane of a cube over lists of pixels.
+def pixel_sums(cube, mask, pix, start, stop):
+    """Sums of every energy plane of a cube over lists of pixels.
 
     Parameters
     ----------
@@ -177,16 +144,15 @@ def pixel_sums(cube, mask, pix, weight, start, stop):
         byte-swapped back, so that no swapped copy of the cube is needed.
     mask : ndarray, shape (n_mask, ny, nx), bool
         Pixels to use; ``n_mask`` is ``n_energy`` or 1.
-    pix, weight, start, stop : ndarray
+    pix, start, stop : ndarray
         Pixel lists, as returned by `aperture_pixels`.
 
     Returns
     -------
     sums : ndarray, shape (n, n_energy), float64
-        Sum of ``weight * cube`` over the listed pixels with ``mask`` true, in
-        list order.
+        Sum of ``cube`` over the listed pixels with ``mask`` true, in list order.
     norm : ndarray, shape (n, n_energy), float64
-        Sum of ``weight`` over the listed pixels with ``mask`` true.
+        Number of listed pixels with ``mask`` true.
     """
     n_energy = cube.shape[0]
     n_mask = mask.shape[0]
@@ -200,25 +166,24 @@ def pixel_sums(cube, mask, pix, weight, start, stop):
     # independent chains of additions, which the processor overlaps; each sum
     # still adds its pixels in list order
     acc = np.zeros(n_energy, dtype=np.float64)
-    wacc = np.zeros(n_energy, dtype=np.float64)
+    count = np.zeros(n_energy, dtype=np.float64)
     for s in range(n):
         acc[:] = 0.0
-        wacc[:] = 0.0
+        count[:] = 0.0
         for k in range(start[s], stop[s]):
             p = pix[k]
-            w = weight[k]
             if n_mask == 1:
                 if flat_mask[0, p]:
                     for e in range(n_energy):
-                        acc[e] += w * _value(flat[e, p])
-                        wacc[e] += w
+                        acc[e] += _value(flat[e, p])
+                        count[e] += 1.0
             else:
                 for e in range(n_energy):
                     if flat_mask[e, p]:
-                        acc[e] += w * _value(flat[e, p])
-                        wacc[e] += w
+                        acc[e] += _value(flat[e, p])
+                        count[e] += 1.0
         sums[s] = acc
-        norm[s] = wacc
+        norm[s] = count
     return sums, norm
 
 

@@ -27,13 +27,15 @@ from gammapy.irf import (
 )
 from gammapy.maps import MapAxis
 
-from .errors import InputError
+from gpsfast.errors import InputError
 
 __all__ = [
     "PSF_R68_1TEV",
-    "psf_containment_radius_68",
-    "make_cta_like_irfs",
+    "background_rate",
+    "effective_area",
     "load_irfs",
+    "make_cta_like_irfs",
+    "psf_containment_radius_68",
 ]
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,8 @@ import math
 import numpy as np
 from numba import njit
 
+from gpsfast.kernels.elementary import MANTISSA_BITS, ONE_BITS, log_of_parts
+
 __all__ = [
     "PROJ_CAR",
     "PROJ_SIN",
@@ -114,12 +116,10 @@ def _brightness(z2, shape):
 # exponent-bit arithmetic, in short loops without calls that the compiler turns
 # into SIMD code (libm's scalar exp / log dominate otherwise). Relative accuracy
 # is about 1e-12.
+# fdlibm's split of ln(2) for the argument reduction of the exponential
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _INV_LN2 = 1.4426950408889634
-_SQRT2 = 1.4142135623730951
-_MANTISSA = (1 << 52) - 1
-_EXP_BIAS = 1023 << 52
 # below exp(-700) t is so small that exp(-t) == 1; above exp(7) exp(-t) == 0
 _LOG_T_MIN = -700.0
 _LOG_T_MAX = 7.0
@@ -153,30 +153,10 @@ def _brightness_block(z2, n, power, norm, out, work_f, work_i, poly, scale, scal
     for k in range(n):
         bits = z2_bits[k]
         work_f[k] = ((bits >> 52) & 0x7FF) - 1023
-        work_i[k] = (bits & _MANTISSA) | _EXP_BIAS
-    # log(z2) = e ln2 + 2 atanh(s), s = (m - 1) / (m + 1), m in [sqrt(2)/2, sqrt(2));
-    # then t = exp(power * log(z2)) = poly * 2 ** k
+        work_i[k] = (bits & MANTISSA_BITS) | ONE_BITS
+    # t = exp(power * log(z2)) = poly * 2 ** k
     for k in range(n):
-        m = mantissa[k]
-        e = work_f[k]
-        big = m > _SQRT2
-        m = m * 0.5 if big else m
-        e = e + 1.0 if big else e
-        s = (m - 1.0) / (m + 1.0)
-        s2 = s * s
-        q = 1.0 / 23.0
-        q = 1.0 / 21.0 + s2 * q
-        q = 1.0 / 19.0 + s2 * q
-        q = 1.0 / 17.0 + s2 * q
-        q = 1.0 / 15.0 + s2 * q
-        q = 1.0 / 13.0 + s2 * q
-        q = 1.0 / 11.0 + s2 * q
-        q = 1.0 / 9.0 + s2 * q
-        q = 1.0 / 7.0 + s2 * q
-        q = 1.0 / 5.0 + s2 * q
-        q = 1.0 / 3.0 + s2 * q
-        q = 1.0 + s2 * q
-        y = power * (e * _LN2_HI + (e * _LN2_LO + 2.0 * s * q))
+        y = power * log_of_parts(mantissa[k], work_f[k])
         y = min(max(y, _LOG_T_MIN), _LOG_T_MAX)
         kf = math.floor(y * _INV_LN2 + 0.5)
         poly[k] = _exp_reduced((y - kf * _LN2_HI) - kf * _LN2_LO)

@@ -20,6 +20,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from gpsfast.kernels.elementary import power_law_integral, truncated
+
 __all__ = [
     "FLAG_OK",
     "FLAG_NO_DATA",
@@ -42,7 +44,6 @@ FLAG_AT_BOUND = 3
 FLAG_NOT_CONVERGED = 4
 """Hessian not positive definite."""
 
-_TRUNCATION = 1e-25
 _GOLDEN = 0.3819660112501051
 _H_INDEX = 1e-4
 
@@ -51,12 +52,8 @@ _H_INDEX = 1e-4
 def powerlaw_integrals(e_lo, e_hi, e_ref, gamma):
     """Integral of ``(E / e_ref) ** -gamma`` over each bin (same units as energies)."""
     out = np.empty(e_lo.shape[0])
-    val = 1.0 - gamma
     for t in range(e_lo.shape[0]):
-        if abs(val) < 1e-8:
-            out[t] = e_ref * math.log(e_hi[t] / e_lo[t])
-        else:
-            out[t] = e_ref / val * ((e_hi[t] / e_ref) ** val - (e_lo[t] / e_ref) ** val)
+        out[t] = power_law_integral(e_lo[t], e_hi[t], gamma, 1.0, e_ref)
     return out
 
 
@@ -78,7 +75,7 @@ def _cash(n, b, s, amp, use):
     total = 0.0
     for k in range(n.shape[0]):
         if use[k]:
-            mu = max(b[k] + amp * s[k], _TRUNCATION)
+            mu = truncated(b[k] + amp * s[k])
             total += 2.0 * (mu - n[k] * math.log(mu))
     return total
 

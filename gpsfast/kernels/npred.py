@@ -14,22 +14,11 @@ import math
 import numpy as np
 from numba import njit
 
+from gpsfast.kernels.elementary import power_law_integral
+
 __all__ = ["fold_energy", "log_parabola_integrals", "power_law_integrals"]
 
 _TINY = np.finfo(np.float64).tiny
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _power_law_integral(energy_min, energy_max, index, amplitude, reference):
-    """gammapy's ``PowerLawSpectralModel.evaluate_integral`` for one interval."""
-    val = -1.0 * index + 1.0
-    # np.isclose(val, 0): |val| <= 1e-8
-    if abs(val) <= 1e-8:
-        return amplitude * reference * math.log(energy_max / energy_min)
-    prefactor = amplitude * reference / val
-    upper = (energy_max / reference) ** val
-    lower = (energy_min / reference) ** val
-    return prefactor * (upper - lower)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -50,7 +39,7 @@ def power_law_integrals(energy_min, energy_max, amplitude, reference, index):
     n = energy_min.size
     out = np.empty(n)
     for i in range(n):
-        out[i] = _power_law_integral(energy_min[i], energy_max[i], index, amplitude, reference)
+        out[i] = power_law_integral(energy_min[i], energy_max[i], index, amplitude, reference)
     return out
 
 
@@ -95,7 +84,7 @@ def log_parabola_integrals(energy, amplitude, reference, alpha, beta):
             index = -_log_log_ratio(values[k], values[k + 1]) / _log_log_ratio(e0, e1)
             if index != index:
                 index = np.inf
-            total += _power_law_integral(e0, e1, index, values[k], e0)
+            total += power_law_integral(e0, e1, index, values[k], e0)
         out[i] = total
     return out
 

@@ -4,9 +4,10 @@ import math
 import numpy as np
 from numba import njit
 
+from gpsfast.kernels.elementary import TRUNCATION
+
 __all__ = ["cash_errors", "cash_sum_masked"]
 
-_TRUNCATION_VALUE = 1e-25
 
 _MAX_ITER = 50
 
@@ -107,14 +108,14 @@ def cash_sum_masked(counts, npred, mask):
     stat : float
     """
     total = 0.0
-    log_truncation = math.log(_TRUNCATION_VALUE)
+    log_truncation = math.log(TRUNCATION)
     for i in range(npred.size):
         if not mask[i]:
             continue
         mu = npred[i]
-        truncated = not mu > _TRUNCATION_VALUE
+        truncated = not mu > TRUNCATION
         if truncated:
-            mu = _TRUNCATION_VALUE
+            mu = TRUNCATION
         total += mu
         n = float(counts[i])
         if n > 0.0:
