@@ -51,7 +51,7 @@ from .evaluate import npred_signal
 from .irf import fast_irfs
 from .modeling import SHAPE_PARAMETERS, main_source, release_shape
 from .modeling import applies_to as _applies
-from .utils import progress_bar
+from .utils import file_mode, progress_bar
 
 __all__ = [
     "Group",
@@ -624,24 +624,82 @@ def _fit_task(task):
 # ---------------------------------------------------------------- checkpoint
 
 
-class _Checkpoint:
-    """Results of finished groups, one JSON file each, written atomically."""
+def _update_with_array(digest, array):
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.data)
 
-    def __init__(self, path, groups):
+
+def _dataset_arrays(dataset):
+    maps = [dataset.counts, dataset.exposure, dataset.background, dataset.mask_safe, dataset.mask_fit,
+            getattr(dataset.psf, "psf_map", None), getattr(dataset.edisp, "edisp_map", None)]
+    return [m.data for m in maps if m is not None]
+
+
+def _tag(component):
+    tag = getattr(component, "tag", "")
+    return tag[0] if isinstance(tag, (list, tuple)) else str(tag)
+
+
+def _inputs_fingerprint(datasets, models, release):
+    """Digest of what the group fits depend on: the datasets' content and geometry, the starting models.
+
+    Parameters
+    ----------
+    datasets : `~gammapy.datasets.Datasets`
+        Counts, exposure, background, masks, PSF and energy dispersion maps, and
+        each map geometry's WCS, are hashed.
+    models : `~gammapy.modeling.models.Models`
+        Each model's name, component types and every parameter's value, unit,
+        bounds and frozen flag are hashed.
+    release : bool
+        Release of the main source's shape.
+
+    Returns
+    -------
+    digest : str
+        32 hex digits.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for dataset in datasets:
+        geom = dataset.counts.geom
+        wcs = geom.wcs.to_header_string() if hasattr(geom, "wcs") else repr(geom)
+        digest.update(f"{dataset.name}|{wcs}|{list(geom.axes.names)}".encode())
+        for array in _dataset_arrays(dataset):
+            _update_with_array(digest, array)
+    for model in models:
+        parts = [model.name, type(model).__name__]
+        parts += [_tag(getattr(model, name, None)) for name in ("spatial_model", "spectral_model", "temporal_model")]
+        parts += [(p.name, p.value, str(p.unit), p.min, p.max, p.frozen) for p in model.parameters]
+        digest.update(repr(parts).encode())
+    digest.update(repr(bool(release)).encode())
+    return digest.hexdigest()
+
+
+class _Checkpoint:
+    """Results of finished groups, one JSON file each, written atomically (file mode as ``open`` gives).
+
+    ``groups.json`` records the groups and the `_inputs_fingerprint` of the run that
+    wrote the folder: results are only resumed by a run with the same of both.
+    """
+
+    def __init__(self, path, groups, fingerprint):
         self.path = Path(path).expanduser()
         self.path.mkdir(parents=True, exist_ok=True)
-        names = [list(g.names) for g in groups]
         meta = self.path / "groups.json"
+        expected = {"groups": [list(g.names) for g in groups], "inputs": fingerprint}
         if meta.is_file():
-            if json.loads(meta.read_text()) != names:
-                raise InputError(f"checkpoint {self.path} was written for other groups; use an empty folder")
+            if json.loads(meta.read_text()) != expected:
+                raise InputError(f"checkpoint {self.path} was written for other groups or other inputs (datasets, "
+                                 "starting models); use an empty folder")
         else:
-            self._write(meta, names)
+            self._write(meta, expected)
 
     @staticmethod
     def _write(path, data):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
+            os.fchmod(fd, file_mode())
             with os.fdopen(fd, "w") as stream:
                 json.dump(data, stream)
                 stream.flush()
@@ -904,7 +962,10 @@ def fit_groups(
         results collected as they complete.
     checkpoint : str or `~pathlib.Path`, optional
         Folder where each finished group's result is written as it completes; a
-        re-run with the same folder and inputs resumes without refitting them.
+        re-run with the same folder, groups and inputs (a digest of the
+        datasets, the starting models and ``release``) resumes without refitting
+        them; with other inputs it raises `~gpsfast.errors.InputError`. The fit
+        function is not part of the fingerprint.
     max_iterations : int, optional
         Default 1.
     tolerance : float, optional
@@ -929,7 +990,9 @@ def fit_groups(
     """
     datasets, models = _check_inputs(datasets, models, n_jobs, backend, max_iterations)
     groups = make_groups(models, **group_options) if groups is None else list(groups)
-    store = _Checkpoint(checkpoint, groups) if checkpoint is not None else None
+    store = None
+    if checkpoint is not None:
+        store = _Checkpoint(checkpoint, groups, _inputs_fingerprint(datasets, models, release))
     options = {"n_jobs": n_jobs, "backend": backend, "client": client, "progress": progress,
                "fit_function": fit_function or run_fit, "release": release}
     rows, converged, iteration = [], False, 0

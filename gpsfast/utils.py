@@ -1,16 +1,29 @@
-"""Small shared helpers: progress bars and atomic outputs."""
+"""Small shared helpers: progress bars, atomic outputs, output-folder locks, worker clean-up."""
 import contextlib
+import datetime
+import fcntl
+import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from gammapy.utils import pbar
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import FolderInUseError, InputError
 
-__all__ = ["progress_bar", "atomic_dir", "atomic_output", "write_text_atomic", "check_writable_dir", "refuse_existing"]
+__all__ = [
+    "progress_bar", "atomic_dir", "atomic_output", "write_text_atomic", "check_writable_dir", "refuse_existing",
+    "write_atomic", "file_mode", "folder_lock", "LOCK_NAME", "exit_with_parent",
+]
+
+LOCK_NAME = ".gpsfast.lock"
+"""Lock file that a run holds in its output folder (`folder_lock`)."""
 
 
 def progress_bar(iterable, desc=None, show=None, total=None):
@@ -149,3 +162,100 @@ def write_text_atomic(path, text):
     """Write a text file atomically (temporary file in the same folder, then `os.replace`)."""
     with atomic_output(path, overwrite=True) as tmp:
         Path(tmp).write_text(text)
+
+
+def write_atomic(item, path, **kwargs):
+    """``item.write(path, **kwargs)`` (astropy tables, gammapy maps...) atomically, replacing ``path``.
+
+    The object writes a temporary file of the same extension (its format is told by
+    it) in the same folder; on error the old ``path`` is left as it was.
+    """
+    with atomic_output(path, overwrite=True) as tmp:
+        item.write(tmp, **kwargs)
+
+
+def file_mode():
+    """Mode of a new output file: ``0o666`` less the process umask (as ``open`` gives), for `tempfile.mkstemp` files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _holder(fd):
+    """Who holds a lock file, from the JSON its holder wrote into it."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"{info['command']} (pid {info['pid']} on host {info['host']}, started {info['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not written its name yet)"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, command="gpsfast"):
+    """Hold an exclusive lock on an output folder for the time of a block.
+
+    The lock is a `fcntl.flock` on ``folder / LOCK_NAME``, into which the holder
+    writes its command, pid, host and start time. The kernel releases it when the
+    holder ends in any way (also SIGKILL), so a stale lock never blocks a later
+    run. The file descriptor is not inherited by worker processes.
+
+    Parameters
+    ----------
+    folder : str or `~pathlib.Path`
+        An existing folder.
+    command : str
+        What holds the lock (shown to whoever finds it taken).
+
+    Raises
+    ------
+    FolderInUseError
+        At once, naming the holder, when another process holds the lock.
+    """
+    path = Path(folder) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUseError(
+                f"Output folder {folder} is in use by {_holder(fd)}: wait for it to end or use another folder"
+            ) from None
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": started}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)
+
+
+_WATCHED = set()
+
+
+def exit_with_parent(parent_pid, interval=1.0):
+    """In a pool worker: end this process within ``interval`` s of the death of ``parent_pid``.
+
+    A joblib/loky worker otherwise outlives a killed parent until its idle timeout
+    (300 s), holding its memory, and goes on with the task it was running. Does
+    nothing in the parent process itself, nor where ``parent_pid`` is not this
+    process's parent (e.g. a dask worker under its nanny); starting it again is a
+    no-op.
+
+    Parameters
+    ----------
+    parent_pid : int
+        Process id of the process that dispatched the task.
+    interval : float
+        Seconds between two checks.
+    """
+    if parent_pid == os.getpid() or os.getppid() != parent_pid or parent_pid in _WATCHED:
+        return
+    _WATCHED.add(parent_pid)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gpsfast-exit-with-parent", daemon=True).start()

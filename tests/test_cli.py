@@ -53,8 +53,8 @@ def test_existing_folder_needs_overwrite(tmp_path):
     "args, message",
     [
         (["--preset", "tev"], "Invalid value for '--preset'"),
-        (["--width", "0"], "Error: Survey patch must have a positive size"),
-        (["--height", "-2"], "Error: Survey patch must have a positive size"),
+        (["--width", "0"], "Error: Invalid value for '--width': 0.0 is not in the range 0<x<=360."),
+        (["--height", "-2"], "Error: Invalid value for '--height': -2.0 is not in the range 0<x<=180."),
         (["--irf", "/does/not/exist.fits"], "Error: IRF file not found: /does/not/exist.fits"),
     ],
 )

@@ -7,7 +7,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from gammapy.modeling.models import Models
 
-from gpsfast.errors import InputError
+from gpsfast.errors import InputError, RunError
 from gpsfast.pipeline import PipelineConfig, load_config, make_rois, run_survey
 from gpsfast.pipeline import run as pipeline_run
 
@@ -49,10 +49,13 @@ def test_survey_merge_and_resume(tmp_path, monkeypatch):
         original(run)
 
     monkeypatch.setitem(pipeline_run._STAGE_FUNCTIONS, "seeds", fail_in_second_roi)
-    with pytest.raises(RuntimeError, match="interrupted in roi-02"):
+    with pytest.raises(RunError, match="1 of 3 ROIs failed .roi-02: RuntimeError: interrupted in roi-02"):
         run_survey(config, roi_width=2.5, roi_overlap=0.5, n_jobs=1)
-    first = json.loads((config.output / "roi-01" / "pipeline" / "state.json").read_text())
-    assert first["done"] == list(pipeline_run.STAGES), "the first ROI is complete and kept"
+    for roi in ("roi-01", "roi-03"):
+        state = json.loads((config.output / roi / "pipeline" / "state.json").read_text())
+        assert state["done"] == list(pipeline_run.STAGES), f"{roi} is complete and kept"
+    report = json.loads((config.output / "survey.json").read_text())
+    assert list(report["failed"]) == ["roi-02"], "the failed ROI is reported, the others merged"
     roi_config = load_config(config.output / "roi-01" / "pipeline" / "config.yaml")
     assert roi_config.parallel.n_jobs == 1, "no process pool inside a ROI: the ROIs are the parallel tasks"
 

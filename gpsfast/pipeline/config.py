@@ -4,26 +4,27 @@ from typing import Literal, Optional
 
 import joblib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from ..errors import InputError
+from ..models.yamlio import load_yaml_strict
 
 __all__ = ["PipelineConfig", "load_config"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class InputConfig(_Section):
     """Where the datasets come from: the embedded simulation, or gammapy FITS files."""
 
     kind: Literal["simulate", "files"] = "simulate"
-    width: float = Field(10.0, gt=0, description="Simulated patch width in longitude (deg).")
-    height: float = Field(6.0, gt=0, description="Simulated patch height in latitude (deg).")
-    glon: float = 0.0
-    glat: float = 0.0
-    seed: int = 0
+    width: float = Field(10.0, gt=0, le=360, description="Simulated patch width in longitude (deg).")
+    height: float = Field(6.0, gt=0, le=180, description="Simulated patch height in latitude (deg).")
+    glon: float = Field(0.0, ge=-360, le=360, description="Patch centre longitude (deg).")
+    glat: float = Field(0.0, ge=-90, le=90, description="Patch centre latitude (deg).")
+    seed: int = Field(0, ge=0, description="Random seed of the simulation.")
     irf: Optional[Path] = Field(None, description="IRF FITS file for the simulation (analytic CTA-like if not set).")
     datasets: list[Path] = Field(default_factory=list, description="MapDataset FITS files (kind: files).")
     truth: Optional[Path] = Field(None, description="True models YAML, for validation (kind: files).")
@@ -38,7 +39,7 @@ class InputConfig(_Section):
 class SignificanceConfig(_Section):
     """Correlation radii (deg) of the significance maps, for every dataset."""
 
-    radii: list[float] = Field(default_factory=lambda: [0.1, 0.2], min_length=1)
+    radii: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 0.2], min_length=1)
 
 
 class SeedsConfig(_Section):
@@ -144,7 +145,7 @@ def load_config(path=None, **overrides):
     Raises
     ------
     InputError
-        Naming the file and the key for unknown keys, wrong types or values.
+        Naming the file and the key for unknown or repeated keys, wrong types or values.
     """
     data, source = {}, "configuration"
     if path is not None:
@@ -152,10 +153,7 @@ def load_config(path=None, **overrides):
         source = str(path)
         if not path.is_file():
             raise InputError(f"Configuration file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        data = load_yaml_strict(path, "configuration file") or {}
         if not isinstance(data, dict):
             raise InputError(f"{path}: the configuration must be a mapping of sections")
     data.update({key: value for key, value in overrides.items() if value is not None})

@@ -7,6 +7,7 @@ LogParabola sky models whose parameters are bounded around the seed, so that a
 group fit cannot wander off to a neighbour or to an unphysical shape.
 """
 import logging
+import os
 
 import astropy.units as u
 import numpy as np
@@ -22,8 +23,9 @@ from gammapy.modeling.models import (
 
 from ..accelerate import accelerated
 from ..fit import fast_datasets
+from ..utils import exit_with_parent
 
-__all__ = ["accelerated_fit", "match_catalogue", "seed_amplitude", "seed_models", "select_seeds"]
+__all__ = ["accelerated_fit", "PoolFit", "match_catalogue", "seed_amplitude", "seed_models", "select_seeds"]
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +206,22 @@ def accelerated_fit(datasets, optimize_opts=None):
             log.debug("strategy 0 did not converge (%s): continuing with strategy 1", result.message)
             result = Fit(optimize_opts=dict(RETRY_OPTIMIZE_OPTS)).run(fast)
     return result
+
+
+class PoolFit:
+    """`accelerated_fit` for a worker pool: a worker runs it, then ends when the process that made it dies.
+
+    Made in the dispatching process (which it remembers); in a loky worker the
+    first call starts `gpsfast.utils.exit_with_parent`, so that a SIGKILL of the
+    pipeline does not leave its workers fitting for minutes.
+    """
+
+    def __init__(self):
+        self.parent = os.getpid()
+
+    def __call__(self, datasets, optimize_opts=None):
+        exit_with_parent(self.parent)
+        return accelerated_fit(datasets, optimize_opts)
 
 
 def match_catalogue(truth, models, max_separation=0.3):

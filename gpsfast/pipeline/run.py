@@ -1,12 +1,14 @@
 """The survey pipeline: datasets -> significance maps -> seeds -> association -> spectra -> seed models
 -> group fits -> catalogue -> residual maps -> validation -> plots.
 
-Each stage writes its outputs into the output folder and records itself in
-``state.json`` with a hash of the configuration. A re-run with the same
-configuration resumes after the last finished stage; an output folder holding a
-run made with another configuration is refused (never silently mixed).
+Each stage writes its outputs (atomically) into the output folder and records
+itself in ``state.json``, which holds the result-relevant configuration and a
+digest of every input file. A re-run with the same configuration and inputs
+resumes after the last finished stage; an output folder holding a run made with
+another configuration or other inputs is refused (never silently mixed) unless
+``overwrite``, which first deletes every output of the old run. A run holds an
+exclusive lock on its output folder (`gpsfast.utils.folder_lock`).
 """
-import hashlib
 import json
 import logging
 import time
@@ -18,7 +20,7 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table, vstack
-from gammapy.datasets import Datasets, MapDataset
+from gammapy.datasets import Datasets
 from gammapy.estimators import FluxMaps
 from gammapy.maps import Map
 from gammapy.modeling.models import Models
@@ -27,20 +29,22 @@ from ..accelerate import accelerated
 from ..detect import SeedCatalog, associate, find_seeds, significance_maps
 from ..errors import InputError
 from ..groups import fit_groups, make_groups
-from ..models import accelerate_models, read_catalog, read_xml, write_catalog, write_xml
-from ..simulate import make_survey, read_survey, sources_table, write_survey
+from ..models import accelerate_models, write_catalog, write_xml
+from ..simulate import make_survey, read_survey, write_survey
 from ..spectra import IndexMapEstimator, extract_spectra_table
-from ..utils import check_writable_dir, write_text_atomic
+from ..utils import atomic_output, check_writable_dir, folder_lock, write_atomic, write_text_atomic
 from .config import PipelineConfig
+from .folder import RunState, file_digest, remove_outputs, settings_key
+from .inputs import check_dataset, read_dataset, read_models_file
 from .modelling import (
-    accelerated_fit,
-    match_catalogue,
+    PoolFit,
     seed_amplitude,
     seed_models,
     select_seeds,
 )
+from .report import stage_plots, stage_validation
 
-__all__ = ["run_pipeline", "STAGES"]
+__all__ = ["run_pipeline", "STAGES", "OUTPUTS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +54,62 @@ STAGES = (
 )
 
 
-class _State:
-    """``state.json`` of an output folder: the configuration hash, the finished stages and their wall times (s)."""
-
-    def __init__(self, folder, config_hash):
-        self.path = folder / "state.json"
-        self.config_hash = config_hash
-        self.done = []
-        self.seconds = {}
-        if self.path.is_file():
-            state = json.loads(self.path.read_text())
-            if state.get("config_hash") != config_hash:
-                raise InputError(
-                    f"Output folder {folder} holds a run made with another configuration; "
-                    "use another output folder or --overwrite"
-                )
-            self.done = state.get("done", [])
-            self.seconds = state.get("seconds", {})
-
-    def mark(self, stage, seconds):
-        self.done.append(stage)
-        self.seconds[stage] = round(seconds, 3)
-        state = {"config_hash": self.config_hash, "done": self.done, "seconds": self.seconds}
-        write_text_atomic(self.path, json.dumps(state, indent=1))
-
+OUTPUTS = (
+    "state.json", "config.yaml", "run.log", "datasets", "maps", "fits", "seeds.fits", "seeds.reg",
+    "associations_*.ecsv", "seed_spectra_*.fits", "initial_models.yaml", "fitted_models.yaml", "fit_results.ecsv",
+    "catalogue.fits", "catalogue.reg", "models.yaml", "models.xml", "validation.json", "validation_*.ecsv",
+    "significance_*.png", "residual_*.png", "flux_recovery.png", "completeness.png",
+)
+"""What a run writes into its output folder (globs): all of it, and only it, goes with ``overwrite``."""
 
 RESULT_NEUTRAL = ("parallel", "output")
 """Configuration sections that do not change the results: a run may resume with other values."""
 
 
-def _config_hash(config):
-    settings = config.model_dump(mode="json", exclude=set(RESULT_NEUTRAL))
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+INPUT_FILE_KEYS = {"input": ("datasets", "truth", "irf"), "association": ("known_sources",)}
+"""Configuration keys naming input files: a run is keyed by their content (`_input_digests`), not their path."""
+
+
+def _settings(config):
+    """The result-relevant configuration (JSON values), input file paths left out."""
+    exclude = {section: set(keys) for section, keys in INPUT_FILE_KEYS.items()}
+    return config.model_dump(mode="json", exclude={**exclude, **{key: True for key in RESULT_NEUTRAL}})
+
+
+def _input_files(config):
+    """Configuration key -> input file, for every input file of the configuration."""
+    files = {}
+    if config.input.kind == "files":
+        files.update({f"input.datasets[{i}]": path for i, path in enumerate(config.input.datasets)})
+        files["input.truth"] = config.input.truth
+    else:
+        files["input.irf"] = config.input.irf
+    files["association.known_sources"] = config.association.known_sources
+    return {key: Path(path) for key, path in files.items() if path is not None}
+
+
+def _input_digests(config):
+    """Configuration key -> name and content digest of its input file; `InputError` naming the key of a missing one.
+
+    Moved files with the same names and content give the same digests: a run resumes.
+    """
+    digests = {}
+    for key, path in _input_files(config).items():
+        if not path.is_file():
+            what = "Dataset file" if key.startswith("input.datasets") else "Input file"
+            raise InputError(f"{what} not found: {path} ({key})")
+        digests[key] = {"name": path.name, "digest": file_digest(path)}
+    return digests
 
 
 class _Run:
     """The data a run passes between stages, read back from the output folder when resuming."""
 
-    def __init__(self, config, folder):
+    def __init__(self, config, folder, key=""):
         self.config = config
         self.folder = folder
         self.maps_folder = folder / "maps"
+        self.key = key
 
     @property
     def datasets_folder(self):
@@ -104,7 +123,7 @@ class _Run:
         if self.config.input.kind == "simulate":
             return Models.read(self.datasets_folder / "true_models.yaml")
         if self.config.input.truth is not None:
-            return Models.read(self.config.input.truth)
+            return read_models_file(self.config.input.truth, "input.truth")
         return None
 
     def map_labels(self):
@@ -131,14 +150,16 @@ def _stage_datasets(run):
             width=config.width * u.deg, height=config.height * u.deg, center=center, seed=config.seed,
             irf=config.irf, progress=True,
         )
+        for dataset in datasets:
+            check_dataset(dataset, f"{dataset.name} (simulated)", run.config.significance.radii)
         write_survey(run.datasets_folder, datasets, models, meta={"input": config.model_dump(mode="json")},
                      overwrite=True)
     else:
-        datasets = Datasets()
-        for path in config.datasets:
-            if not Path(path).is_file():
-                raise InputError(f"Dataset file not found: {path} (input.datasets)")
-            datasets.append(MapDataset.read(path, name=Path(path).name.split(".")[0]))
+        names = [Path(path).name.split(".")[0] for path in config.datasets]
+        if len(set(names)) < len(names):
+            raise InputError(f"input.datasets: two files give the same dataset name ({', '.join(names)}): a dataset "
+                             "is named after its file: rename one")
+        datasets = Datasets([read_dataset(path, run.config.significance.radii) for path in config.datasets])
         write_survey(run.datasets_folder, datasets, Models([]), overwrite=True)
     write_text_atomic(run.datasets_folder / "names.json", json.dumps(datasets.names))
 
@@ -152,7 +173,12 @@ def _background_only(dataset):
 def _stage_significance(run):
     run.maps_folder.mkdir(exist_ok=True)
     for label, maps in significance_maps(run.datasets(), run.config.significance.radii).items():
-        maps.write(run.maps_folder / f"significance_{label}.fits", overwrite=True)
+        _write_flux_maps(maps, run.maps_folder / f"significance_{label}.fits")
+
+
+def _write_flux_maps(maps, path):
+    """`FluxMaps` written atomically, their reference model beside them in ``<path>_model.yaml`` (gammapy's name)."""
+    write_atomic(maps, path, overwrite=True, filename_model=f"{path}_model.yaml")
 
 
 def _stage_seeds(run):
@@ -161,22 +187,18 @@ def _stage_seeds(run):
         run.significance_maps(), threshold=config.threshold, min_distance=f"{config.min_distance} deg",
         hough=config.hough, hough_threshold=config.hough_threshold,
     )
-    seeds.write(run.folder / "seeds.fits", overwrite=True)
+    write_atomic(seeds, run.folder / "seeds.fits", overwrite=True)
     if len(seeds):
-        seeds.write_regions(run.folder / "seeds.reg", overwrite=True)
-    log.info("%d seeds", len(seeds))
+        _write_regions(seeds, run.folder / "seeds.reg")
+        log.info("%d seeds", len(seeds))
+    else:
+        log.warning("No seed above sqrt_ts %g in the significance maps of %s: no source will be found",
+                    config.threshold, ", ".join(run.dataset_names()))
 
 
-def _read_known(path):
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Known-source file not found: {path} (association.known_sources)")
-    suffix = "".join(path.suffixes).lower()
-    if suffix.endswith(".xml"):
-        return read_xml(path)
-    if suffix.endswith((".fits", ".fits.gz")):
-        return read_catalog(path)
-    return Models.read(path)
+def _write_regions(seeds, path):
+    with atomic_output(path, overwrite=True) as tmp:
+        seeds.write_regions(tmp, overwrite=True)
 
 
 def _stage_association(run):
@@ -184,13 +206,15 @@ def _stage_association(run):
     seeds = run.seeds()
     references = {"truth": run.truth()}
     if config.known_sources is not None:
-        references["known"] = _read_known(config.known_sources)
+        references["known"] = read_models_file(config.known_sources, "association.known_sources")
+    # the catalogue's Assoc column: the known source of a seed, or its true source, or "" (no reference given)
+    seeds.table["assoc"] = np.full(len(seeds.table), "", dtype="U64")
     for label, models in references.items():
         if models is None:
             continue
         pairs = associate(seeds, models, threshold=config.overlap_threshold, min_radius=f"{config.min_radius} deg")
-        pairs.write(run.folder / f"associations_{label}.ecsv", overwrite=True)
-    seeds.write(run.folder / "seeds.fits", overwrite=True)
+        write_atomic(pairs, run.folder / f"associations_{label}.ecsv", overwrite=True)
+    write_atomic(seeds, run.folder / "seeds.fits", overwrite=True)
 
 
 def _stage_spectra(run):
@@ -211,9 +235,9 @@ def _stage_spectra(run):
             with warnings.catch_warnings():
                 # the long meta keys (energy_edges, energy_true_edges) become HIERARCH cards: valid, read back as written
                 warnings.filterwarnings("ignore", category=VerifyWarning, message="Keyword name")
-                spectra.write(run.folder / f"seed_spectra_{dataset.name}.fits", overwrite=True)
+                write_atomic(spectra, run.folder / f"seed_spectra_{dataset.name}.fits", overwrite=True)
         index = IndexMapEstimator(correlation_radius=f"{run.config.spectra.index_radius} deg").run(dataset)
-        index.write(run.maps_folder / f"index_{dataset.name}.fits", overwrite=True)
+        write_atomic(index, run.maps_folder / f"index_{dataset.name}.fits", overwrite=True)
 
 
 def _inside_map(dataset, regions):
@@ -254,19 +278,20 @@ def _fit_client(config):
     return Client(config.scheduler)
 
 
-def _fit_pass(run, datasets, everything, groups, label):
-    """One round of group fits; its results table (``pass`` column added)."""
+def _fit_pass(run, datasets, everything, groups, checkpoint):
+    """One round of group fits, checkpointed in ``checkpoint`` (its name: the pass label); its results table."""
     config, parallel = run.config.fit, run.config.parallel
     client = _fit_client(parallel)
     try:
         table = fit_groups(
             datasets, everything, groups=groups, n_jobs=parallel.workers, backend=parallel.backend, client=client,
-            checkpoint=run.folder / "fits" / label, max_iterations=config.max_iterations, progress=True,
-            fit_function=accelerated_fit, release=config.release_shape,
+            checkpoint=checkpoint, max_iterations=config.max_iterations,
+            progress=True, fit_function=PoolFit(), release=config.release_shape,
         )
     finally:
         if client is not None:
             client.close()
+    label = checkpoint.name
     table["pass"] = label
     failed = int(np.sum(~table["success"]))
     if failed:
@@ -337,11 +362,15 @@ def _stage_fit(run):
     if not config.enabled or not len(models):
         write_text_atomic(run.folder / "fitted_models.yaml", models.to_yaml())
         return
+    # group-fit checkpoints live under a key of everything they depend on: never reused for another run
+    datasets_digests = sorted(file_digest(path) for path in run.datasets_folder.glob("*.fits"))
+    checkpoints = run.folder / "fits" / settings_key(run.key, file_digest(run.folder / "initial_models.yaml"),
+                                                     datasets_digests)
     datasets = run.datasets()
     backgrounds = [m for d in datasets for m in (d.models or []) if m.name == f"{d.name}-bkg"]
     everything = Models([*models, *backgrounds])
     accelerate_models(everything)
-    tables = [_fit_pass(run, datasets, everything, _groups(run, everything), "pass-0")]
+    tables = [_fit_pass(run, datasets, everything, _groups(run, everything), checkpoints / "pass-0")]
     sources = list(models.names)
     for index in range(1, config.residual_passes + 1):
         new = _residual_seed_models(run, datasets, Models([everything[name] for name in sources]), index)
@@ -351,8 +380,8 @@ def _stage_fit(run):
         everything = Models([*[everything[name] for name in sources], *new, *backgrounds])
         sources += list(new.names)
         groups = [g for g in _groups(run, everything) if set(g.names) & set(new.names)]
-        tables.append(_fit_pass(run, datasets, everything, groups, f"pass-{index}"))
-    vstack(tables).write(run.folder / "fit_results.ecsv", overwrite=True)
+        tables.append(_fit_pass(run, datasets, everything, groups, checkpoints / f"pass-{index}"))
+    write_atomic(vstack(tables), run.folder / "fit_results.ecsv", overwrite=True)
     write_text_atomic(run.folder / "fitted_models.yaml", Models([everything[name] for name in sources]).to_yaml())
 
 
@@ -362,6 +391,11 @@ def _stage_catalogue(run):
         _write_catalogue(run, models)
         write_xml(models, run.folder / "models.xml", overwrite=True)
         write_text_atomic(run.folder / "catalogue.reg", _ds9_regions(models))
+    else:
+        for name in ("catalogue.fits", "models.xml", "catalogue.reg"):
+            (run.folder / name).unlink(missing_ok=True)
+        log.warning("No source found: the catalogue is empty (models.yaml holds no source; no catalogue.fits, "
+                    "models.xml or catalogue.reg written)")
     write_text_atomic(run.folder / "models.yaml", models.to_yaml())
 
 
@@ -387,194 +421,7 @@ def _ds9_regions(models):
 def _stage_residual(run):
     """Residual significance maps: every dataset with its background and the catalogue's models."""
     for label, flux_maps in _residual_maps(run, run.datasets(), run.models("models.yaml")).items():
-        flux_maps.write(run.maps_folder / f"residual_{label}.fits", overwrite=True)
-
-
-def _expected_significances(datasets, truth, names):
-    """Best expected significance of each true source over the datasets, in a 0.2 deg disk."""
-    from gammapy.stats import CashCountsStatistic
-
-    best = np.zeros(len(names))
-    accelerate_models(truth)
-    with accelerated():
-        for dataset in datasets:
-            dataset.models = truth
-            npred = dataset.npred().data
-            image = dataset.counts.geom.to_image().get_coord().skycoord
-            safe = dataset.mask_safe.data if dataset.mask_safe is not None else np.ones(npred.shape, dtype=bool)
-            for i, name in enumerate(names):
-                mask = safe & (image.separation(truth[name].spatial_model.position) < 0.2 * u.deg)
-                signal = dataset.npred_signal(model_names=[name]).data[mask].sum()
-                background = npred[mask].sum() - signal
-                best[i] = max(best[i], float(CashCountsStatistic(background + signal, background).sqrt_ts))
-    return best
-
-
-def _false_rate(seeds, datasets):
-    """Seeds without a true source per square degree of the largest dataset map."""
-    if "assoc" not in seeds.table.colnames:
-        return None
-    area = max(float(np.sum(d.counts.geom.to_image().solid_angle().to_value("deg2"))) for d in datasets)
-    return float(np.sum(seeds.table["assoc"] == "")) / area
-
-
-def _flux(model, energy=(1 * u.TeV, 100 * u.TeV)):
-    return float(model.spectral_model.integral(*energy).to_value("cm-2 s-1"))
-
-
-def _completeness_vs_flux(table, n_bins=5):
-    """Fraction of the true sources in the catalogue per bin of true 1-100 TeV flux (log bins)."""
-    flux = np.asarray(table["flux_postev"], dtype=float)
-    positive = flux > 0
-    if not positive.any():
-        return []
-    edges = np.geomspace(flux[positive].min(), flux[positive].max() * (1 + 1e-9), n_bins + 1)
-    rows = []
-    for low, high in zip(edges[:-1], edges[1:]):
-        inside = (flux >= low) & (flux < high)
-        rows.append({"flux_min": float(low), "flux_max": float(high), "n_true": int(inside.sum()),
-                     "n_found": int(np.sum(table["in_catalogue"][inside]))})
-    return rows
-
-
-def _catalogue_report(truth, models, table, bright):
-    """Completeness, positions and fluxes of the catalogue against the true sources above 5 sigma."""
-    pairs = match_catalogue(truth, models)
-    detected = set(pairs["source"])
-    table["in_catalogue"] = [name in detected for name in table["name"]]
-    n_false = len(models) - len(pairs)
-    pairs = pairs[[name in set(table["name"][bright]) for name in pairs["source"]]]
-    report = {
-        "n_sources": len(models),
-        "false_sources": n_false,
-        "completeness_vs_flux": _completeness_vs_flux(table),
-        "completeness_above_5_sigma": float(np.mean(table["in_catalogue"][bright])) if bright.any() else None,
-        "median_position_offset_deg": float(np.median(pairs["separation"])) if len(pairs) else None,
-        "position_bias_deg": float(np.hypot(np.mean(pairs["dlon"]), np.mean(pairs["dlat"]))) if len(pairs) else None,
-        "median_flux_ratio": float(np.median([_flux(models[m]) / _flux(truth[s])
-                                              for s, m in zip(pairs["source"], pairs["model"])]))
-        if len(pairs) else None,
-    }
-    return report, pairs
-
-
-def _stage_validation(run):
-    truth = run.truth()
-    if truth is None:
-        log.info("No truth given: validation skipped")
-        return
-    datasets = run.datasets()
-    table = sources_table(truth)
-    table["expected_sqrt_ts"] = _expected_significances(datasets, truth, list(table["name"]))
-    seed_pairs = Table.read(run.folder / "associations_truth.ecsv")
-    table["detected"] = [name in set(seed_pairs["source"]) for name in table["name"]]
-    bright = np.asarray(table["expected_sqrt_ts"] >= 5)
-    seeds = run.seeds()
-    best = seed_pairs[seed_pairs["rank_source"] == 1]
-    catalogue, pairs = _catalogue_report(truth, run.models("models.yaml"), table, bright)
-    pairs.write(run.folder / "validation_matches.ecsv", overwrite=True)
-    table.write(run.folder / "validation_sources.ecsv", overwrite=True)
-    report = {
-        "n_true_sources": len(table),
-        "n_true_above_5_sigma": int(bright.sum()),
-        "catalogue": catalogue,
-        "seeds": {
-            "n_seeds": len(seeds),
-            "completeness_above_5_sigma": float(np.mean(table["detected"][bright])) if bright.any() else None,
-            "false_seeds": int(np.sum(seeds.table["assoc"] == "")) if "assoc" in seeds.table.colnames else None,
-            "false_seeds_per_deg2": _false_rate(seeds, datasets),
-            "median_position_offset_deg": float(np.median(best["separation"])) if len(best) else None,
-        },
-    }
-    write_text_atomic(run.folder / "validation.json", json.dumps(report, indent=2))
-    log.info("Validation: %s", report)
-
-
-def _major_log_labels_only(*axes):
-    """No labels on the minor ticks of log axes (over less than a decade matplotlib labels them, overlapping)."""
-    from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
-
-    for axis in axes:
-        axis.set_major_formatter(LogFormatterSciNotation())
-        axis.set_minor_formatter(NullFormatter())
-
-
-def _plot_flux_recovery(run, plt):
-    """Catalogue flux (1-100 TeV) of each matched true source above 5 sigma vs the true flux."""
-    path = run.folder / "validation_matches.ecsv"
-    if not path.is_file():
-        return
-    pairs = Table.read(path)
-    if not len(pairs):
-        return
-    truth, models = run.truth(), run.models("models.yaml")
-    true_flux = [_flux(truth[s]) for s in pairs["source"]]
-    fitted_flux = [_flux(models[m]) for m in pairs["model"]]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.loglog(true_flux, fitted_flux, "o")
-    limits = [min(true_flux + fitted_flux), max(true_flux + fitted_flux)]
-    ax.plot(limits, limits, "k--", lw=1)
-    ax.set_xlabel("true flux 1-100 TeV (cm-2 s-1)")
-    ax.set_ylabel("catalogue flux 1-100 TeV (cm-2 s-1)")
-    ax.set_title("recovered vs true flux")
-    _major_log_labels_only(ax.xaxis, ax.yaxis)
-    fig.savefig(run.folder / "flux_recovery.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_completeness(run, plt):
-    """Completeness of the catalogue vs true flux, from ``validation.json``."""
-    path = run.folder / "validation.json"
-    if not path.is_file():
-        return
-    rows = json.loads(path.read_text())["catalogue"]["completeness_vs_flux"]
-    rows = [row for row in rows if row["n_true"]]
-    if not rows:
-        return
-    center = [np.sqrt(row["flux_min"] * row["flux_max"]) for row in rows]
-    fraction = [row["n_found"] / row["n_true"] for row in rows]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.semilogx(center, fraction, "o-")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("true flux 1-100 TeV (cm-2 s-1)")
-    ax.set_ylabel("fraction in the catalogue")
-    ax.set_title("completeness vs flux")
-    _major_log_labels_only(ax.xaxis)
-    fig.savefig(run.folder / "completeness.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_sources(ax, models):
-    for model in models:
-        position = model.position.galactic
-        ax.plot(position.l.deg, position.b.deg, "+", color="cyan", ms=8, transform=ax.get_transform("galactic"))
-
-
-def _stage_plots(run):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if run.truth() is not None:
-        _plot_flux_recovery(run, plt)
-        _plot_completeness(run, plt)
-    seeds, models = run.seeds(), run.models("models.yaml")
-    for label, maps in run.significance_maps().items():
-        fig = plt.figure(figsize=(10, 5))
-        ax = fig.add_subplot(projection=maps["sqrt_ts"].geom.to_image().wcs)
-        seeds.plot(maps["sqrt_ts"], ax=ax, vmin=-3, vmax=10)
-        _plot_sources(ax, models)
-        ax.set_title(f"sqrt_ts {label}: {len(seeds)} seeds (circles), {len(models)} fitted sources (+)")
-        fig.savefig(run.folder / f"significance_{label}.png", dpi=100)
-        plt.close(fig)
-        residual = FluxMaps.read(run.maps_folder / f"residual_{label}.fits")["sqrt_ts"]
-        fig = plt.figure(figsize=(10, 5))
-        ax = fig.add_subplot(projection=residual.geom.to_image().wcs)
-        residual.plot(ax=ax, add_cbar=True, vmin=-5, vmax=5, cmap="RdBu_r")
-        ax.set_title(f"residual sqrt_ts {label} (catalogue models subtracted)")
-        fig.savefig(run.folder / f"residual_{label}.png", dpi=100)
-        plt.close(fig)
+        _write_flux_maps(flux_maps, run.maps_folder / f"residual_{label}.fits")
 
 
 _STAGE_FUNCTIONS = {
@@ -587,42 +434,62 @@ _STAGE_FUNCTIONS = {
     "fit": _stage_fit,
     "catalogue": _stage_catalogue,
     "residual": _stage_residual,
-    "validation": _stage_validation,
-    "plots": _stage_plots,
+    "validation": stage_validation,
+    "plots": stage_plots,
 }
 
 
 def run_pipeline(config=None, overwrite=False):
-    """Run the survey pipeline, resuming an interrupted run of the same configuration.
+    """Run the survey pipeline, resuming an interrupted run of the same configuration and inputs.
+
+    The run holds an exclusive lock on its output folder: a second run there fails
+    at once (`~gpsfast.errors.FolderInUseError`, naming the holder). The folder's
+    ``state.json`` records the result-relevant configuration and a digest of each
+    input file; a run with other values is refused unless ``overwrite``.
 
     Parameters
     ----------
     config : `PipelineConfig`, optional
         Configuration; the embedded demo (a simulated 10 x 6 deg patch) by default.
     overwrite : bool
-        Start again in an output folder that holds another run.
+        Start again in an output folder that holds another run: every output of
+        that run (`OUTPUTS`, and nothing else) is deleted first; never an input
+        file of this run (`InputError` instead), nor anything in a folder without
+        a gpsfast ``state.json``.
 
     Returns
     -------
     folder : `~pathlib.Path`
         The output folder: ``datasets/``, ``maps/`` (significance and index maps),
         ``seeds.fits``, ``seeds.reg``, ``associations_*.ecsv``, ``seed_spectra_*.fits``,
-        ``initial_models.yaml``, ``fits/`` (group-fit checkpoints), ``fit_results.ecsv``,
+        ``initial_models.yaml``, ``fits/<key>/`` (group-fit checkpoints), ``fit_results.ecsv``,
         ``catalogue.fits``, ``catalogue.reg``, ``models.yaml``, ``models.xml``, residual maps,
-        ``validation.json``, PNG figures, ``run.log`` and ``state.json``.
+        ``validation.json``, PNG figures, ``run.log``, ``state.json`` and the lock file
+        ``.gpsfast.lock``. With no source found, ``models.yaml`` is empty and there is no
+        ``catalogue.fits``, ``models.xml`` or ``catalogue.reg``.
     """
     config = config or PipelineConfig()
     folder = check_writable_dir(config.output)
-    if overwrite and (folder / "state.json").is_file():
-        (folder / "state.json").unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    state = _State(folder, _config_hash(config))
-    write_text_atomic(folder / "config.yaml", config.to_yaml())
-    handler = logging.FileHandler(folder / "run.log")
+    with folder_lock(folder, "gpsfast run"):
+        if overwrite:
+            remove_outputs(folder, OUTPUTS, protect=_input_files(config).values())
+        state = RunState(folder / "state.json", _settings(config), _input_digests(config))
+        write_text_atomic(folder / "config.yaml", config.to_yaml())
+        if "association" not in state.done:  # unreadable model files: an error now, not after the first stages
+            for key, path in (("input.truth", config.input.truth if config.input.kind == "files" else None),
+                              ("association.known_sources", config.association.known_sources)):
+                if path is not None:
+                    read_models_file(path, key)
+        _run_stages(_Run(config, folder, state.key), state)
+    return folder
+
+
+def _run_stages(run, state):
+    handler = logging.FileHandler(run.folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("gpsfast").addHandler(handler)
     logging.getLogger("gpsfast").setLevel(logging.INFO)
-    run = _Run(config, folder)
     try:
         for stage in STAGES:
             if stage in state.done:
@@ -637,4 +504,3 @@ def run_pipeline(config=None, overwrite=False):
     finally:
         logging.getLogger("gpsfast").removeHandler(handler)
         handler.close()
-    return folder

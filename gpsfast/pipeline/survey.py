@@ -2,12 +2,23 @@
 
 Each ROI is a `run_pipeline` task in its own folder (resumable through its
 ``state.json``); the tasks run in a joblib process pool or on a dask cluster.
-The ROI catalogues are merged keeping, from each ROI, only the sources in its
-core (the ROI minus half the overlap on each side), so that the cores tile the
-strip and a source at a seam is kept once.
+A ROI that raises is reported and the others go on; when a pool worker dies,
+the unfinished ROIs are run again (their finished stages are kept), and a ROI
+whose worker dies when it runs alone is reported failed. The ROI catalogues are
+merged keeping, from each ROI, only the sources in its core (the ROI minus half
+the overlap on each side), so that the cores tile the strip and a source at a
+seam is kept once.
+
+Like a single run, a survey folder holds a lock while it runs and records its
+settings (configuration, longitude range, ROI size and overlap) in
+``state.json``: a run with other settings is refused unless ``overwrite``. The
+strip datasets and each ROI's cutouts are keyed by the settings that made them
+and made again when these differ.
 """
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import astropy.units as u
@@ -18,14 +29,19 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table, vstack
 from gammapy.modeling.models import Models
 
-from ..errors import InputError
+from ..errors import InputError, RunError
 from ..models import read_catalog, write_xml
 from ..simulate import make_survey, read_survey, write_survey
-from ..utils import atomic_output, write_text_atomic
+from ..utils import atomic_output, check_writable_dir, exit_with_parent, folder_lock, write_atomic, write_text_atomic
 from .config import PipelineConfig
-from .run import run_pipeline
+from .folder import RunState, remove_outputs, settings_key
+from .run import _input_digests, _input_files, _settings, run_pipeline
 
-__all__ = ["make_rois", "run_survey"]
+__all__ = ["make_rois", "run_survey", "SURVEY_OUTPUTS"]
+
+SURVEY_OUTPUTS = ("state.json", "survey-datasets", "roi-*", "rois.ecsv", "catalogue.fits", "models.yaml", "models.xml",
+                  "seeds.fits", "survey.json")
+"""What a survey writes into its folder (globs): all of it, and only it, goes with ``overwrite``."""
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +66,18 @@ def make_rois(glon_min, glon_max, glat, width, height, overlap):
         Columns ``name``, ``glon``, ``glat``, ``width``, ``height``, ``core_min``,
         ``core_max`` (longitudes of the core, deg).
     """
+    values = {"glon_min": glon_min, "glon_max": glon_max, "glat": glat, "roi_width": width, "roi_height": height,
+              "roi_overlap": overlap}
+    for name, value in values.items():
+        if not np.isfinite(value):
+            raise InputError(f"survey.{name} must be a finite number, got {value}")
     if not glon_max > glon_min:
         raise InputError(f"survey.glon_max ({glon_max}) must be larger than survey.glon_min ({glon_min})")
+    if not -90 <= glat <= 90:
+        raise InputError(f"survey.glat ({glat}) must be in [-90, 90] deg")
+    for name in ("roi_width", "roi_height"):
+        if not values[name] > 0:
+            raise InputError(f"survey.{name} ({values[name]}) must be larger than 0 deg")
     if not 0 <= overlap < width:
         raise InputError(f"survey.roi_overlap ({overlap}) must be in [0, roi_width = {width})")
     step = width - overlap
@@ -73,35 +99,60 @@ def make_rois(glon_min, glon_max, glat, width, height, overlap):
     )
 
 
-def _survey_datasets(config, folder, rois):
-    """The strip's datasets: simulated once for the whole strip (one consistent sky), or the given files."""
+def _survey_datasets(config, folder, rois, inputs):
+    """The strip's datasets, simulated once for the whole strip (one consistent sky); their key.
+
+    The key hashes the ``input`` settings, the IRF file's digest (in ``inputs``) and
+    the strip's extent; datasets in the folder with another key are made again.
+    """
     path = folder / "survey-datasets"
-    if (path / "survey.yaml").is_file():
-        return path
     strip = config.input
     lon_min = float(np.min(rois["glon"] - rois["width"] / 2))
     lon_max = float(np.max(rois["glon"] + rois["width"] / 2))
+    height = float(np.max(rois["height"]))
+    key = settings_key(_settings(config)["input"], inputs.get("input.irf"), lon_min, lon_max, height)
+    if (path / "survey.yaml").is_file():
+        if yaml.safe_load((path / "survey.yaml").read_text()).get("key") == key:
+            return path, key
+        log.info("%s was made with other settings: made again", path)
     center = SkyCoord(0.5 * (lon_min + lon_max), strip.glat, unit="deg", frame="galactic")
     datasets, models = make_survey(
-        width=(lon_max - lon_min) * u.deg, height=float(np.max(rois["height"])) * u.deg, center=center,
+        width=(lon_max - lon_min) * u.deg, height=height * u.deg, center=center,
         seed=strip.seed, irf=strip.irf, progress=True,
     )
-    write_survey(path, datasets, models, meta={"input": strip.model_dump(mode="json")}, overwrite=True)
-    return path
+    write_survey(path, datasets, models, meta={"input": strip.model_dump(mode="json"), "key": key}, overwrite=True)
+    return path, key
 
 
-def _roi_config(config, roi, folder, survey_path):
+def _roi_inputs(roi, roi_folder, survey_path, survey_key):
+    """Cut the strip's datasets out around a ROI into ``inputs/``, unless done with the same strip and ROI.
+
+    Cutouts made from another strip or for another ROI geometry are made again, and
+    the ROI's pipeline folder (made from them) is deleted.
+    """
+    inputs = roi_folder / "inputs"
+    key = settings_key(survey_key, [float(roi[c]) for c in ("glon", "glat", "width", "height")])
+    done = inputs / "done"
+    if done.is_file() and done.read_text().strip() == key:
+        return inputs
+    for stale in (inputs, roi_folder / "pipeline"):
+        if stale.exists():
+            log.info("%s was made from other inputs: made again", stale)
+            shutil.rmtree(stale)
+    inputs.mkdir(parents=True)
+    datasets, _ = read_survey(survey_path)
+    center = SkyCoord(roi["glon"], roi["glat"], unit="deg", frame="galactic")
+    for dataset in datasets:
+        cutout = dataset.cutout(center, width=(roi["width"] * u.deg, roi["height"] * u.deg), name=dataset.name)
+        cutout.write(inputs / f"{dataset.name}.fits", overwrite=True)
+    write_text_atomic(done, key)
+    return inputs
+
+
+def _roi_config(config, roi, folder, survey_path, survey_key):
     """Configuration of one ROI: the strip's datasets cut out around it, the strip's truth."""
     roi_folder = folder / str(roi["name"])
-    inputs = roi_folder / "inputs"
-    if not (inputs / "done").is_file():
-        inputs.mkdir(parents=True, exist_ok=True)
-        datasets, _ = read_survey(survey_path)
-        center = SkyCoord(roi["glon"], roi["glat"], unit="deg", frame="galactic")
-        for dataset in datasets:
-            cutout = dataset.cutout(center, width=(roi["width"] * u.deg, roi["height"] * u.deg), name=dataset.name)
-            cutout.write(inputs / f"{dataset.name}.fits", overwrite=True)
-        write_text_atomic(inputs / "done", "")
+    inputs = _roi_inputs(roi, roi_folder, survey_path, survey_key)
     names = _dataset_names(survey_path)
     data = config.model_dump(mode="json")
     data["input"] = {
@@ -124,16 +175,80 @@ def _run_roi(config):
     return str(config.output)
 
 
+def _roi_task(function, index, config, parent):
+    """Run one ROI with ``function`` (`_run_roi`); its index and error message (None if it succeeded).
+
+    In a loky worker, the worker ends when ``parent`` dies (`gpsfast.utils.exit_with_parent`).
+    """
+    exit_with_parent(parent)
+    try:
+        function(config)
+        return index, None
+    except Exception as exc:  # noqa: BLE001  reported for this ROI; the other ROIs go on
+        return index, f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+def _loky(items, n_jobs):
+    """Results of `_roi_task` in a loky pool, as they finish; a dead worker raises from the pool."""
+    parallel = joblib.Parallel(n_jobs=min(n_jobs, len(items)), backend="loky", return_as="generator_unordered")
+    yield from parallel(joblib.delayed(_roi_task)(_run_roi, index, config, os.getpid()) for index, config in items)
+
+
+def _dask(items, n_jobs, scheduler):
+    """Results of `_roi_task` on a dask cluster; a ROI that keeps killing workers is an error result."""
+    import distributed
+
+    client = distributed.Client(scheduler) if scheduler else distributed.Client(
+        processes=True, n_workers=n_jobs, threads_per_worker=1)
+    with client:
+        futures = {client.submit(_roi_task, _run_roi, index, config, os.getpid(), pure=False): index
+                   for index, config in items}
+        for future in distributed.as_completed(list(futures)):
+            try:
+                yield future.result()
+            except Exception as exc:  # noqa: BLE001  KilledWorker and other cluster errors
+                yield futures[future], f"worker died: {type(exc).__name__}: {exc}"
+
+
 def _run_all(configs, n_jobs, backend, scheduler):
-    from joblib import Parallel, delayed, parallel_config
+    """Run every ROI; ROI index -> error message of the ROIs that failed, and the pool failures seen.
+
+    In a loky pool, a dead worker breaks the pool: the unfinished ROIs are run in a
+    fresh pool (finished stages are not redone), then, after a second failure, each
+    alone in a fresh worker; a ROI whose worker dies then is reported failed.
+    """
+    pending = dict(enumerate(configs))
+    failed, pool_failures = {}, []
+
+    def record(index, error):
+        pending.pop(index)
+        if error:
+            failed[index] = error
 
     if backend == "dask":
-        from distributed import Client
-
-        client = Client(scheduler) if scheduler else Client(processes=True, n_workers=n_jobs, threads_per_worker=1)
-        with client, parallel_config(backend="dask"):
-            return Parallel()(delayed(_run_roi)(c) for c in configs)
-    return Parallel(n_jobs=n_jobs, backend="loky")(delayed(_run_roi)(c) for c in configs)
+        for index, error in _dask(list(pending.items()), n_jobs, scheduler):
+            record(index, error)
+        return failed, pool_failures
+    if n_jobs == 1:
+        for index, config in list(pending.items()):
+            record(*_roi_task(_run_roi, index, config, os.getpid()))
+        return failed, pool_failures
+    for attempt in (1, 2):
+        try:
+            for index, error in _loky(list(pending.items()), n_jobs):
+                record(index, error)
+            return failed, pool_failures
+        except Exception as exc:  # noqa: BLE001  a dead worker: its pool is broken
+            pool_failures.append(f"{type(exc).__name__}: {exc}".split("\n")[0])
+            log.warning("ROI worker pool failed (%s); running the %d unfinished ROIs again%s", pool_failures[-1],
+                        len(pending), "" if attempt == 1 else ", one at a time")
+    for index, config in list(pending.items()):
+        try:
+            (result,) = _loky([(index, config)], 2)
+            record(*result)
+        except Exception as exc:  # noqa: BLE001  its worker died again, alone
+            record(index, f"worker died: {type(exc).__name__}: {exc}".split("\n")[0])
+    return failed, pool_failures
 
 
 def _core_rows(roi, pipeline_folder):
@@ -179,14 +294,22 @@ def _merge(rois, folder):
             table.write(tmp, format="fits")
         models = read_catalog(folder / "catalogue.fits")
         write_xml(models, folder / "models.xml", overwrite=True)
+    else:
+        for name in ("catalogue.fits", "models.xml"):
+            (folder / name).unlink(missing_ok=True)
+        log.warning("No source found in any ROI: the merged catalogue is empty (models.yaml holds no source)")
     write_text_atomic(folder / "models.yaml", models.to_yaml())
-    seeds = [Table.read(folder / str(r["name"]) / "pipeline" / "seeds.fits") for r in rois]
+    paths = [folder / str(r["name"]) / "pipeline" / "seeds.fits" for r in rois]
+    seeds = [Table.read(path) for path in paths if path.is_file()]
     if any(len(s) for s in seeds):
-        vstack([s for s in seeds if len(s)], metadata_conflicts="silent").write(folder / "seeds.fits", overwrite=True)
+        write_atomic(vstack([s for s in seeds if len(s)], metadata_conflicts="silent"), folder / "seeds.fits")
+    else:
+        (folder / "seeds.fits").unlink(missing_ok=True)
     return counts
 
 
-def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_overlap=2.0, n_jobs=None):
+def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_overlap=2.0, n_jobs=None,
+               overwrite=False):
     """Run the pipeline over a strip of the plane, ROI by ROI, and merge the catalogues.
 
     Parameters
@@ -201,32 +324,57 @@ def run_survey(config=None, glon_min=None, glon_max=None, roi_width=10.0, roi_ov
     n_jobs : int, optional
         Parallel ROIs (-1: one per CPU core); ``parallel.n_jobs`` by default. The
         pipeline of each ROI runs in one process.
+    overwrite : bool
+        Start again in a folder holding a survey made with other settings: every
+        output of that survey (`SURVEY_OUTPUTS`, and nothing else, never an input
+        file) is deleted first.
 
     Returns
     -------
     folder : `~pathlib.Path`
         Output folder: ``survey-datasets/``, one ``roi-NN/`` folder per ROI (each a
         resumable pipeline run), the merged ``catalogue.fits``, ``models.yaml``,
-        ``models.xml``, ``seeds.fits``, ``rois.ecsv`` and ``survey.json``.
+        ``models.xml``, ``seeds.fits``, ``rois.ecsv``, ``survey.json`` (sources per
+        ROI, failed ROIs, worker-pool failures) and ``state.json``.
+
+    Raises
+    ------
+    RunError
+        After merging the others, when ROIs failed (named with their error); a
+        re-run of the same survey retries them.
     """
     config = config or PipelineConfig()
     if config.input.kind != "simulate":
         raise InputError("Survey mode simulates its strip: input.kind must be 'simulate'")
     strip = config.input
-    glon_min = strip.glon - strip.width / 2 if glon_min is None else glon_min
-    glon_max = strip.glon + strip.width / 2 if glon_max is None else glon_max
+    glon_min = strip.glon - strip.width / 2 if glon_min is None else float(glon_min)
+    glon_max = strip.glon + strip.width / 2 if glon_max is None else float(glon_max)
     rois = make_rois(glon_min, glon_max, strip.glat, roi_width, strip.height, roi_overlap)
-    folder = Path(config.output)
-    folder.mkdir(parents=True, exist_ok=True)
-    rois.write(folder / "rois.ecsv", overwrite=True)
-    survey_path = _survey_datasets(config, folder, rois)
-    configs = [_roi_config(config, roi, folder, survey_path) for roi in rois]
     n_jobs = config.parallel.workers if n_jobs is None else int(n_jobs)
     n_jobs = joblib.cpu_count() if n_jobs == -1 else n_jobs
     if n_jobs < 1:
         raise InputError(f"run_survey: n_jobs must be -1 or at least 1, got {n_jobs}")
-    _run_all(configs, n_jobs, config.parallel.backend, config.parallel.scheduler)
-    counts = _merge(rois, folder)
-    write_text_atomic(folder / "survey.json", json.dumps({"rois": counts, "n_sources": sum(counts.values())}, indent=2))
+    folder = check_writable_dir(config.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"config": _settings(config), "glon_min": glon_min, "glon_max": glon_max, "roi_width": roi_width,
+                "roi_overlap": roi_overlap}
+    with folder_lock(folder, "gpsfast survey"):
+        if overwrite:
+            remove_outputs(folder, SURVEY_OUTPUTS, protect=_input_files(config).values())
+        inputs = _input_digests(config)
+        RunState(folder / "state.json", settings, inputs)
+        write_atomic(rois, folder / "rois.ecsv")
+        survey_path, survey_key = _survey_datasets(config, folder, rois, inputs)
+        configs = [_roi_config(config, roi, folder, survey_path, survey_key) for roi in rois]
+        failed, pool_failures = _run_all(configs, n_jobs, config.parallel.backend, config.parallel.scheduler)
+        counts = _merge(rois, folder)
+        failed = {str(rois["name"][index]): message for index, message in sorted(failed.items())}
+        report = {"rois": counts, "n_sources": sum(counts.values()), "failed": failed,
+                  "worker_pool_failures": pool_failures}
+        write_text_atomic(folder / "survey.json", json.dumps(report, indent=2))
     log.info("Survey of %d ROIs merged: %s", len(rois), counts)
+    if failed:
+        listed = "; ".join(f"{name}: {message}" for name, message in failed.items())
+        raise RunError(f"{len(failed)} of {len(rois)} ROIs failed ({listed}); the merged catalogue in {folder} lacks "
+                       "them: run the same survey again to retry them (finished work is kept)")
     return folder
