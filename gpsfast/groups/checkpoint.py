@@ -1,14 +1,12 @@
 """On-disk checkpoint of the group fits: one JSON file per finished group, keyed by the inputs' fingerprint."""
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from ..utils import file_mode
+from ..utils import write_text_atomic
 from .tasks import GroupResult
 
 __all__ = ["Checkpoint", "inputs_fingerprint"]
@@ -67,7 +65,7 @@ def inputs_fingerprint(datasets, models, release):
 
 
 class Checkpoint:
-    """Results of finished groups, one JSON file each, written atomically (file mode as ``open`` gives).
+    """Results of finished groups, one JSON file each, written atomically (`gpsfast.utils.write_text_atomic`).
 
     ``groups.json`` records the groups and the `inputs_fingerprint` of the run that
     wrote the folder: results are only resumed by a run with the same of both.
@@ -87,17 +85,7 @@ class Checkpoint:
 
     @staticmethod
     def _write(path, data):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, file_mode())
-            with os.fdopen(fd, "w") as stream:
-                json.dump(data, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_text_atomic(path, json.dumps(data))
 
     def _file(self, iteration, key):
         return self.path / f"iter{iteration:03d}-{key}.json"

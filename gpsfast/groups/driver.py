@@ -8,7 +8,7 @@ from gammapy.modeling.models import Models
 from ..errors import InputError
 from ..modeling import SHAPE_PARAMETERS
 from .checkpoint import Checkpoint, inputs_fingerprint
-from .execution import run_iteration
+from .execution import dask_client, run_iteration
 from .grouping import make_groups
 from .tasks import run_fit
 
@@ -147,7 +147,7 @@ def fit_groups(
     store = None
     if checkpoint is not None:
         store = Checkpoint(checkpoint, groups, inputs_fingerprint(datasets, models, release))
-    options = {"n_jobs": n_jobs, "backend": backend, "client": client, "progress": progress,
+    options = {"n_jobs": n_jobs, "backend": backend, "client": dask_client(backend, client), "progress": progress,
                "fit_function": fit_function or run_fit, "release": release}
     rows, converged, iteration = [], False, 0
     for iteration in range(int(max_iterations)):
