@@ -16,8 +16,9 @@ folder on ``PYTHONPATH``); the mode is ``--gpsfast-mode``:
     rebound too (the record lists, per test module, the names bound to gpsfast's classes). gammapy's own modules keep their classes (the registries, YAML
     tags and internal references are untouched).
 ``accelerated``
-    every test runs inside ``gpsfast.accelerated()`` (entered once for the
-    session, autouse).
+    every test runs inside ``gpsfast.accelerated()`` (an autouse fixture entering
+    it once for the session, or with ``--gpsfast-scope=test`` once per test, so that
+    its exit, which drops its caches and restores gammapy, runs after every test).
 
 In both gpsfast modes gpsfast is imported before collection (as a script doing
 ``import gpsfast`` at the top would), and a few of gpsfast's fast-path entry
@@ -38,6 +39,7 @@ gammapy's ``conftest.py`` imports ``pytest_astropy_header`` (a plugin of
 pytest-astropy, which gpsfast does not depend on): when it is not installed, a
 module holding the two dictionaries that conftest fills is provided.
 """
+import contextlib
 import functools
 import importlib
 import json
@@ -94,6 +96,12 @@ def pytest_addoption(parser):
     group = parser.getgroup("gpsfast", "gpsfast: gammapy's tests against gpsfast's drop-ins")
     group.addoption("--gpsfast-mode", choices=MODES, default="plain", help="plain, substituted or accelerated")
     group.addoption("--gpsfast-report", default=None, help="write the outcome of every test to this JSON file")
+    group.addoption(
+        "--gpsfast-scope",
+        choices=("session", "test"),
+        default="session",
+        help="accelerated mode: enter gpsfast.accelerated() once for the session or once per test",
+    )
     group.addoption(
         "--gpsfast-empty-data", default=None, help="the empty folder $GAMMAPY_DATA points to: reading it is a skip"
     )
@@ -174,7 +182,7 @@ class _Suite:
     def pytest_runtest_makereport(self, item, call):
         report = yield
         if self.empty_data and report.failed and call.excinfo is not None:
-            needed = _missing_data_file(call.excinfo, self.empty_data)
+            needed = _missing_data_file(call.excinfo, self.empty_data, _requires_data(item))
             if needed is not None:
                 report.outcome = "skipped"
                 report.longrepr = (str(item.path), item.location[1], f"needs $GAMMAPY_DATA/{needed}")
@@ -229,20 +237,42 @@ class _Suite:
             )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _gpsfast_accelerated(request):
-    """The whole session inside ``gpsfast.accelerated()`` in the accelerated mode."""
-    if request.config.getoption("--gpsfast-mode") != "accelerated":
-        yield
-        return
+def _accelerated_for(request, scope):
+    """``gpsfast.accelerated()`` in the accelerated mode with this fixture scope, else a null context."""
+    config = request.config
+    if config.getoption("--gpsfast-mode") != "accelerated" or config.getoption("--gpsfast-scope") != scope:
+        return contextlib.nullcontext()
     import gpsfast
 
-    with gpsfast.accelerated():
+    return gpsfast.accelerated()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _gpsfast_accelerated_session(request):
+    """The whole session inside ``gpsfast.accelerated()`` (``--gpsfast-scope=session``, the default)."""
+    with _accelerated_for(request, "session"):
         yield
 
 
-def _missing_data_file(excinfo, folder):
-    """The file under ``folder`` that the exception (or one it chains) is about, else None."""
+@pytest.fixture(autouse=True)
+def _gpsfast_accelerated_test(request):
+    """Each test inside its own ``gpsfast.accelerated()`` (``--gpsfast-scope=test``)."""
+    with _accelerated_for(request, "test"):
+        yield
+
+
+def _requires_data(item):
+    """Whether the test is marked with gammapy's ``requires_data`` (a skipif "Missing data: ...")."""
+    return any(str(mark.kwargs.get("reason", "")).startswith("Missing data") for mark in item.iter_markers("skipif"))
+
+
+def _missing_data_file(excinfo, folder, marked):
+    """What data file the failure is about, else None.
+
+    A file under ``folder`` named by the exception (or one it chains), or, for a
+    test marked ``requires_data``, any missing-file ``OSError`` (some name only
+    the file, without its folder).
+    """
     folder = folder.rstrip("/") + "/"
     error = excinfo.value
     seen = set()
@@ -252,6 +282,8 @@ def _missing_data_file(excinfo, folder):
         index = text.find(folder)
         if index >= 0:
             return text[index + len(folder):].split("'")[0].split()[0].strip("\"',")
+        if marked and isinstance(error, OSError):
+            return f"... ({type(error).__name__}: {str(error)[:100]})"
         error = error.__cause__ or error.__context__
     return None
 

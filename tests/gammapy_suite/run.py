@@ -214,10 +214,15 @@ def main(argv=None):
         help="without $GAMMAPY_DATA, skip every test marked requires_data (default: run them against an empty "
         "$GAMMAPY_DATA and count as skipped those that read a file)",
     )
+    parser.add_argument(
+        "--per-test", action="store_true", help="accelerated mode: enter gpsfast.accelerated() per test, not per session"
+    )
     parser.add_argument("--list-skipped", action="store_true", help="print every test skipped plain, with the reason")
     parser.add_argument("targets", nargs="*", help="test files or ids relative to the gammapy package (default: the selection)")
     args, pytest_args = parser.parse_known_args(argv)
     pytest_args = [a for a in pytest_args if a != "--"]
+    if args.per_test:
+        pytest_args.append("--gpsfast-scope=test")
     modes = [m for m in args.modes.split(",") if m]
     if "plain" not in modes or set(modes) - set(MODES):
         parser.error("--modes: plain and any of substituted, accelerated")
@@ -246,7 +251,10 @@ def main(argv=None):
         extra_info = ""
         if mode != "plain":
             result = results[mode]
-            extra_info = f"; substituted: {', '.join(result['substituted']) or '-'}"
+            if mode == "substituted":
+                extra_info = f"; substituted: {', '.join(result['substituted'])}"
+            else:
+                extra_info = f"; gpsfast.accelerated() entered once per {'test' if args.per_test else 'session'}"
             if result["probes_missing"]:
                 extra_info += f"; probes not found: {', '.join(result['probes_missing'])}"
         print(f"{mode:12s} {mode_wall:6.1f} s wall, {mode_cpu:6.1f} s CPU{extra_info}")
