@@ -287,7 +287,7 @@ def main(argv=None):
         for mode, nodeid, detail in regressions:
             print(f"  [{mode}] {nodeid}  -- {detail}")
     else:
-        print("Every test that passes plain passes substituted and accelerated.")
+        print(f"Every test that passes plain passes {' and '.join(m for m in modes if m != 'plain') or '(no other mode)'}.")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(

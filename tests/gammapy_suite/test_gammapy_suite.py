@@ -1,7 +1,7 @@
 """gammapy's own tests pass with gpsfast's drop-ins substituted and inside ``gpsfast.accelerated()``.
 
 Runs the quick subset of ``tests/gammapy_suite/run.py`` (three pytest processes,
-about 50 s of CPU); ``python tests/gammapy_suite/run.py`` runs the full selection.
+about 70 s of CPU on a loaded 2-core machine); ``python tests/gammapy_suite/run.py`` runs the full selection.
 """
 import json
 import subprocess
