@@ -67,12 +67,14 @@ PROBES = (
     ("gpsfast.detect.tsmap", "ts_map"),
     ("gpsfast.models.sersic", "generalized_gaussian_grid"),
     ("gpsfast.models.sersic", "generalized_gaussian_points"),
-    ("gpsfast.accelerate", "convolve_psf"),
-    ("gpsfast.accelerate", "_trim_cutout"),
-    ("gpsfast.accelerate", "_mask_cutout_any"),
-    ("gpsfast.accelerate", "_shifted_slices"),
-    ("gpsfast.fit", "_signal_array"),
-    ("gpsfast.fit", "_cash_stat_sum"),
+    ("gpsfast.irf.convolve", "convolve_psf"),
+    ("gpsfast.accelerate.geometry", "trim_cutout"),
+    ("gpsfast.accelerate.geometry", "mask_cutout_any"),
+    ("gpsfast.accelerate.geometry", "_shifted_slices"),
+    ("gpsfast.evaluate.datasets", "signal_array"),
+    ("gpsfast.evaluate.datasets", "cash_stat_sum"),
+    ("gpsfast.accelerate.patches", "signal_array"),
+    ("gpsfast.accelerate.patches", "cash_stat_sum"),
 )
 
 
