@@ -87,6 +87,7 @@ __all__ = [
     "SelectionThresholds",
     "choose_spatial",
     "choose_spectral",
+    "hessian_errors",
     "model_selection",
 ]
 
@@ -108,10 +109,10 @@ SIZE_MIN, SIZE_MAX = 0.01, 2.0
 """Bounds of the sizes (deg): the smallest is far below any PSF, the point-like limit of the nested tests."""
 POSITION_STEP = 0.01
 """Start step of minuit on the positions (deg)."""
-OPTIMIZE_OPTS = {"strategy": 0, "tol": 0.1}
+OPTIMIZE_OPTS = {"strategy": 0, "tol": 1.0}
 """Minuit options of a hypothesis fit: strategy 0 converges where strategy 1 and 2 stall on the small
 discontinuities of binned likelihoods in a source's size and position (shell fits)."""
-RETRY_OPTS = {"strategy": 1, "tol": 0.1, "migrad_opts": {"ncall": 1500}}
+RETRY_OPTS = {"strategy": 1, "tol": 1.0, "migrad_opts": {"ncall": 1500}}
 """Minuit options of the retry of a hypothesis fit that did not converge."""
 
 
@@ -168,9 +169,14 @@ def _fixed(cls, size, support, largest=0.02, **kwargs):
 
 
 def _plain(spatial):
-    """The gammapy model of a hypothesis (same parameters), for the output."""
+    """The gammapy model of a hypothesis (same parameters, ``e`` >= 0), for the output."""
     plain = PLAIN.get(type(spatial))
-    return spatial if plain is None else plain.from_parameters(spatial.parameters, frame=spatial.frame)
+    if plain is None:
+        return spatial
+    spatial = plain.from_parameters(spatial.parameters, frame=spatial.frame)
+    if "e" in spatial.parameters.names:
+        spatial.e.value, spatial.e.min = abs(spatial.e.value), 0.0
+    return spatial
 
 
 @dataclass(frozen=True)
@@ -308,7 +314,9 @@ def _spatial_hypothesis(kind, cutout, fitted, reach):
         return _bounded(model, reach, [("radius", SIZE_MIN, size_max), ("width", 2 * SIZE_MIN, size_max)])
     base = fitted[kind.replace("elongated_", "")].spatial_model.copy()
     e = spatial.e.value if "e" in spatial.parameters.names and spatial.e.value > 0.1 else 0.3
-    base.e.value, base.e.min, base.e.max, base.e.frozen = e, 0.0, 0.95, False
+    # the models are even in e: with e in [-0.95, 0.95] a round source is an interior minimum, not a bound
+    # where minuit stalls (the sign is dropped in the output)
+    base.e.value, base.e.min, base.e.max, base.e.frozen = e, -0.95, 0.95, False
     base.phi.value = spatial.phi.value if "phi" in spatial.parameters.names else 0.0
     base.phi.frozen = False
     return _bounded(base, reach)
@@ -402,10 +410,82 @@ class _Cutout:
         return float(result.total_stat), bool(result.success), [(p, p.value) for p, _ in self.start]
 
     def covariance(self, model, neighbours):
-        """Parameter errors of a fitted ``model`` (its neighbours at their values of that fit)."""
+        """Parameter errors of a fitted ``model`` (its neighbours at their values of that fit): `hessian_errors`."""
         datasets, free = self._set(model, neighbours)
         if free:
-            Fit().covariance(datasets)
+            hessian_errors(datasets, list(free))
+
+
+def _stat_at(datasets, parameters, values):
+    for par, value in zip(parameters, values):
+        par.value = value
+    return datasets.stat_sum()
+
+
+def _steps_inside(parameters, values, steps):
+    """Steps shortened to stay inside the bounds (NaN at a bound)."""
+    room = np.array([min(abs(v - p.min) if np.isfinite(p.min) else np.inf,
+                         abs(p.max - v) if np.isfinite(p.max) else np.inf) for p, v in zip(parameters, values)])
+    steps = np.minimum(steps, 0.9 * room)
+    return np.where(steps > 0, steps, np.nan)
+
+
+def hessian_errors(datasets, parameters):
+    """Errors from a central finite-difference Hessian of the fit statistic (-2 log L) at the best fit.
+
+    gammapy's maps are float32: the statistic has a rounding noise of about
+    1e-5, and minuit's HESSE, whose steps are chosen for double precision,
+    returns errors on positions and sizes that are too small by factors up to
+    20 and change from one call to the next. Here the steps are half the
+    conditional errors of a first, diagonal pass (the statistic then changes by
+    about 0.25, far above the noise). Parameters at a bound, or with a
+    non-positive curvature, get a NaN error.
+
+    Parameters
+    ----------
+    datasets : `~gammapy.datasets.Datasets`
+        Datasets at the best fit (their ``stat_sum`` is evaluated).
+    parameters : list of `~gammapy.modeling.Parameter`
+        Free parameters; their ``error`` is set (values are restored).
+    """
+    values = np.array([p.value for p in parameters])
+    center = datasets.stat_sum()
+    steps = np.array([POSITION_STEP if p.name in ("lon_0", "lat_0") else max(0.05 * abs(p.value), 1e-3 * p.scale)
+                      for p in parameters])
+    try:
+        for full in (False, True):
+            steps = _steps_inside(parameters, values, steps)
+            hessian = np.full((len(values), len(values)), np.nan)
+            for i in np.flatnonzero(np.isfinite(steps)):
+                shift = np.zeros(len(values))
+                shift[i] = steps[i]
+                hessian[i, i] = (_stat_at(datasets, parameters, values + shift) - 2 * center
+                                 + _stat_at(datasets, parameters, values - shift)) / steps[i] ** 2
+            if not full:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    steps = 0.5 * np.sqrt(2 / np.diag(hessian))
+                continue
+            ok = np.flatnonzero(np.isfinite(np.diag(hessian)) & (np.diag(hessian) > 0))
+            for a, i in enumerate(ok):
+                for j in ok[a + 1:]:
+                    corners = []
+                    for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                        shift = np.zeros(len(values))
+                        shift[i], shift[j] = si * steps[i], sj * steps[j]
+                        corners.append(_stat_at(datasets, parameters, values + shift))
+                    hessian[i, j] = hessian[j, i] = (corners[0] - corners[1] - corners[2] + corners[3]) / (
+                        4 * steps[i] * steps[j])
+    finally:
+        _stat_at(datasets, parameters, values)
+    errors = np.full(len(values), np.nan)
+    if len(ok):
+        try:
+            covariance = 2 * np.linalg.inv(hessian[np.ix_(ok, ok)])
+            errors[ok] = np.sqrt(np.where(np.diag(covariance) > 0, np.diag(covariance), np.nan))
+        except np.linalg.LinAlgError:
+            log.debug("singular Hessian for %s", [p.name for p in parameters])
+    for par, error in zip(parameters, errors):
+        par.error = error
 
 
 class _Hypotheses:
