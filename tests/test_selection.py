@@ -25,6 +25,7 @@ from numpy.testing import assert_allclose
 from gpsfast.errors import InputError
 from gpsfast.fit import fast_datasets
 from gpsfast.groups import fit_groups
+from gpsfast.hypotheses import FixedGaussian, fixed_model
 from gpsfast.selection import (
     FLAG_FIT_FAILED,
     SPATIAL_DOF,
@@ -232,9 +233,7 @@ def test_worker_tasks_pickle(point_like):
     table, _ = model_selection([dataset], models, names=["pl"], spatial=("point", "gauss"), spectral=("pl",),
                                extension_ul=False, n_jobs=2)
     assert table[0]["spatial"] == "point"
-    from gpsfast.selection import _Gaussian, _fixed
-
-    model = _fixed(_Gaussian, 0.1, 1.5, sigma=0.1 * u.deg, **position(0, 0))
+    model = fixed_model(FixedGaussian, 0.1, 1.5, sigma=0.1 * u.deg, **position(0, 0))
     copy = pickle.loads(pickle.dumps(model))
     assert copy.bin_size == model.bin_size and copy.evaluation_radius == 1.5 * u.deg
 
