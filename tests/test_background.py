@@ -20,14 +20,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.ndimage import distance_transform_edt
 from skimage.filters import apply_hysteresis_threshold
 
-from gpsfast.background import (
-    background_models,
-    diffuse_from_file,
-    estimate_diffuse,
-    exclusion_mask,
-    fit_background,
-    iterate_background,
-)
+from gpsfast.background import background_models, exclusion_mask, fit_background, iterate_background
+from gpsfast.diffuse import diffuse_from_file, estimate_diffuse
 from gpsfast.detect import significance_maps
 from gpsfast.errors import InputError
 from gpsfast.fit import fast_datasets, frozen
@@ -65,8 +59,8 @@ def latitude_diffuse(amplitude=1e-8, scale=0.3, index=2.6, name="true-diffuse"):
     lat = geom.get_coord().skycoord.b.deg
     template = Map.from_geom(geom, data=np.exp(-0.5 * (lat / scale) ** 2), unit="sr-1")
     spectral = PowerLawSpectralModel(index=index, amplitude=amplitude * u.Unit("cm-2 s-1 TeV-1"))
-    return SkyModel(spatial_model=TemplateSpatialModel(template, normalize=False), spectral_model=spectral,
-                    name=name)
+    return SkyModel(spatial_model=TemplateSpatialModel(template, normalize=False, filename=f"{name}.fits"),
+                    spectral_model=spectral, name=name)
 
 
 # ------------------------------------------------------------------ exclusion mask
@@ -290,3 +284,19 @@ def test_iterate_background(offset_background):
     assert result.masks[1].data.mean() > result.masks[0].data.mean()
     with pytest.raises(InputError, match="fit_sources"):
         iterate_background(Datasets([dataset]), models, iterations=1)
+
+
+def test_iterate_background_estimates_the_diffuse_component(diffuse_patch):
+    dataset, compact = diffuse_patch
+    truth = latitude_diffuse()
+    dataset.models = Models([truth])
+    true_npred = dataset.npred_signal().data.sum()
+    models = Models([m.copy(name=m.name) for m in compact])
+    result = iterate_background(Datasets([dataset]), models, iterations=0, radii=(0.1,), diffuse="estimate",
+                                smoothing="0.25 deg", radius="0.15 deg")
+    assert result.diffuse.name in models.names and not result.diffuse.spectral_model.amplitude.frozen
+    assert len(result.masks) == 1 and result.tables[0][0]["success"]
+    # the estimate's mask excludes the compact sources only, not the plane
+    assert result.masks[0].data.mean() > 0.85
+    npred = dataset.npred_signal(model_names=[result.diffuse.name]).data.sum()
+    assert abs(npred / true_npred - 1) < 0.15
