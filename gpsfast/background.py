@@ -280,7 +280,8 @@ def fit_background(datasets, models=None, exclusion=None, tilt=True, free=None, 
         ``fit_fraction`` (fraction of the bins fitted).
     """
     datasets = _as_datasets(datasets, "fit_background")
-    models = Models(datasets.models if models is None else models) if not isinstance(models, Models) else models
+    if not isinstance(models, Models):
+        models = Models(datasets.models if models is None else models)
     backgrounds = background_models(datasets, models)
     free = [] if free is None else ([free] if isinstance(free, (str, SkyModel)) else list(free))
     free = [models[m] if isinstance(m, str) else m for m in free]

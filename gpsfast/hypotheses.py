@@ -77,7 +77,9 @@ class FixedShell(FixedSupport, ShellSpatialModel):
     """`~gammapy.modeling.models.ShellSpatialModel` with a fixed grid and support."""
 
 
-PLAIN = {FixedGaussian: GaussianSpatialModel, FixedSersic: GeneralizedGaussianSpatialModel, FixedShell: ShellSpatialModel}
+PLAIN = {FixedGaussian: GaussianSpatialModel, FixedSersic: GeneralizedGaussianSpatialModel,
+         FixedShell: ShellSpatialModel}
+"""The gammapy class of each `FixedSupport` model."""
 for _cls, _base in PLAIN.items():
     _cls.default_parameters = _base.default_parameters  # gammapy collects them from the class body only
 
@@ -127,6 +129,7 @@ def plain_model(spatial):
 
 
 def position_of(spatial):
+    """``lon_0``, ``lat_0`` and ``frame`` of a spatial model, as keyword arguments of another."""
     return {"lon_0": spatial.lon_0.quantity, "lat_0": spatial.lat_0.quantity, "frame": spatial.frame}
 
 

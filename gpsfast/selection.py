@@ -216,7 +216,8 @@ def _extension_ul(cutout, point, delta):
     position = position_of(point.spatial_model)
 
     def fit(sigma, free=False):
-        spatial = fixed_model(FixedGaussian, SIZE_MIN if free else sigma, cutout.support, sigma=sigma * u.deg, **position)
+        spatial = fixed_model(FixedGaussian, SIZE_MIN if free else sigma, cutout.support, sigma=sigma * u.deg,
+                              **position)
         for par in spatial.parameters:
             par.frozen = par.name != "sigma" or not free
         spatial.sigma.min, spatial.sigma.max = SIZE_MIN, cutout.size_max

@@ -32,6 +32,7 @@ from gpsfast.selection import (
     SelectionThresholds,
     choose_spatial,
     choose_spectral,
+    hessian_errors,
     model_selection,
 )
 
@@ -244,3 +245,24 @@ def test_bad_inputs(point_like):
         model_selection([dataset], models, names=["missing"])
     with pytest.raises(InputError, match="unknown hypotheses"):
         model_selection([dataset], models, spatial=("point", "gauss", "disk"))
+
+
+def test_hessian_errors_match_the_fisher_information():
+    dataset = tiny_dataset((1.0, 1.0))
+    source = SkyModel(spatial_model=PointSpatialModel(**position(0.05, 0.0)), spectral_model=power_law(2e-12),
+                      name="src")
+    dataset.models = Models([source, FoVBackgroundModel(dataset_name=dataset.name)])
+    dataset.fake(random_state=0)
+    for par in dataset.models.parameters:
+        par.frozen = par.name != "amplitude"
+    Fit().run([dataset])
+    amplitude = source.spectral_model.amplitude
+    best = amplitude.value
+    # -2 log L of a Poisson likelihood: Hessian 2 sum(n s^2 / mu^2) in the amplitude, s = npred per unit amplitude
+    npred, counts = dataset.npred().data, dataset.counts.data
+    unit = dataset.npred_signal().data / best
+    expected = 1 / np.sqrt(np.sum(counts * unit**2 / npred**2))
+    amplitude.error = 0
+    hessian_errors(fast_datasets([dataset]), [amplitude])
+    assert amplitude.value == best
+    assert_allclose(amplitude.error, expected, rtol=2e-3)
