@@ -3,7 +3,9 @@
 Patch: 4 x 2 deg, PosTeV, CTA-like IRFs, seed 11 (6 sources: groups of 1, 1, 3 and 1), the diffuse
 component left out (gammapy 2.1's ``FluxCollectionEstimator`` fails with a ``KeyError`` on the
 datasets' template model), counts faked from the sources and the background; 4 flux-point bins from
-1 to 100 TeV. The 10 x 6 deg patch is too slow for gammapy's estimators in a benchmark run: on it
+1 to 100 TeV on edges of the dataset's energy axis (``FluxCollectionEstimator`` drops the reconstructed
+bins that straddle an edge, ``FluxPointsEstimator`` and gpsfast snap the edge to the nearest bin edge). The
+10 x 6 deg patch is too slow for gammapy's estimators in a benchmark run: on it
 gammapy's ``FluxPointsEstimator`` re-evaluates every model of the sliced datasets in each bin (about
 1 min per source and bin here, on the 4 x 2 deg patch ~15 s); gpsfast alone is timed on it
 (``test_flux_points_gps_patch``, both presets).
@@ -17,6 +19,9 @@ Pairs, same bins and same optional quantities:
   gammapy 2.1's ``FluxCollectionEstimator`` (``solver=Fit()``, errn-errp; its upper limits only below
   ``n_sigma_ul``, gpsfast's everywhere); the largest norm difference in units of the error is recorded.
 
+The norms of the isolated sources (groups of one: the same likelihood in both) are compared in units of
+their error (minuit's convergence tolerance makes relative differences of faint points larger).
+
 Each runs once (``pedantic``, one round); gpsfast's compiled kernels are loaded by an untimed call first.
 """
 import os
@@ -28,13 +33,14 @@ from gammapy.datasets import Datasets
 from gammapy.estimators import FluxPointsEstimator
 from gammapy.estimators.points.sed import FluxCollectionEstimator
 from gammapy.modeling import Fit
+from gammapy.maps import MapAxis
 from gammapy.modeling.models import Models, SkyModel, TemplateSpatialModel
 
 from gpsfast.fluxpoints import flux_points, group_flux_points
 from gpsfast.groups import make_groups
 from gpsfast.simulate import make_survey
 
-EDGES = [1, 3, 10, 30, 100] * u.TeV
+EDGES = MapAxis.from_energy_bounds("1 TeV", "100 TeV", nbin=10, per_decade=True).edges[::5]
 SELECTION = ["errn-errp", "ul", "scan"]
 RESULTS = {}
 
@@ -58,8 +64,12 @@ def _sources(models):
     return [m.name for m in models if isinstance(m, SkyModel)]
 
 
-def _norms(points, names):
-    return {name: np.asarray(points[name].norm.data, float).ravel() for name in names}
+def _norm_pulls(ours, theirs, names):
+    """Largest norm difference in units of gammapy's norm_err."""
+    return float(max(
+        np.nanmax(np.abs(ours[n].norm.data.ravel() - theirs[n].norm.data.ravel()) / theirs[n].norm_err.data.ravel())
+        for n in names
+    ))
 
 
 def test_flux_points_gpsfast(benchmark, patch):
@@ -93,10 +103,9 @@ def test_flux_points_gammapy(benchmark, patch):
     if "gpsfast" in RESULTS:
         # isolated sources: the same likelihood, the norms agree
         isolated = [g.names[0] for g in make_groups(models) if len(g.names) == 1]
-        ours, theirs = _norms(RESULTS["gpsfast"], isolated), _norms(points, isolated)
-        difference = max(np.nanmax(np.abs(ours[n] / theirs[n] - 1)) for n in isolated)
-        benchmark.extra_info["isolated_norm_max_rel_diff"] = float(difference)
-        assert difference < 1e-3
+        difference = _norm_pulls(RESULTS["gpsfast"], points, isolated)
+        benchmark.extra_info["isolated_norm_max_diff_in_sigma"] = difference
+        assert difference < 1e-2
 
 
 def test_flux_points_all_joint_gpsfast(benchmark, patch):
@@ -123,13 +132,8 @@ def test_flux_points_all_joint_gammapy(benchmark, patch):
     result = benchmark.pedantic(estimator.run, args=(datasets,), rounds=1, iterations=1)
     if "joint" in RESULTS:
         names = [m.name for m in sources]
-        theirs = result["flux_points"]
-        pulls = [
-            np.abs(RESULTS["joint"][n].norm.data.ravel() - theirs[n].norm.data.ravel())
-            / theirs[n].norm_err.data.ravel()
-            for n in names
-        ]
-        benchmark.extra_info["joint_norm_max_diff_in_sigma"] = float(np.nanmax(pulls))
+        benchmark.extra_info["joint_norm_max_diff_in_sigma"] = _norm_pulls(RESULTS["joint"], result["flux_points"],
+                                                                           names)
 
 
 def test_flux_points_gps_patch(benchmark, survey_gps):

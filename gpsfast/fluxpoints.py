@@ -25,13 +25,16 @@ it rises by ``n_sigma_ul**2`` (gammapy's default ``n_sigma_ul=2``: delta TS 4;
 several sources the profiles refit the other norms, and ts is that profile at
 norm 0 minus its minimum.
 
-Differences from gammapy: a bin where a source predicts counts only in pixels
-without counts has no likelihood minimum (gammapy returns an arbitrary large
-negative norm there); its norm is set to the lowest value that keeps the
-predicted counts non-negative (0 without background), with the upper limit from
-there, no curvature error and no lower error. Datasets that do not cover a bin
-get counts 0 and npred NaN in it (gammapy's estimator fails on datasets with
-disjoint energy ranges).
+Differences from gammapy: the norms are kept where no pixel gets a negative
+predicted count (gammapy clips those to zero and can end on meaningless large
+negative norms): each norm above ``-min(fixed / npred_source) / n`` over the
+pixels without counts (``n`` sources in the group), the same result as
+gammapy's wherever gammapy's has no negative prediction. A source without
+counts where it predicts any has no likelihood minimum: its norm ends at that
+bound (0 without background), its upper limit from there, with no curvature
+error and no lower error. Datasets that do not cover a bin get counts 0 and
+npred NaN in it (gammapy's estimator fails on datasets with disjoint energy
+ranges).
 """
 import logging
 

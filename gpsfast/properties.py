@@ -1,7 +1,8 @@
 """Per-source catalogue quantities from fitted gammapy models and datasets.
 
-- `energy_flux`, `integral_flux`: flux in an energy band with its error from the
-  model's covariance (linear propagation);
+- `energy_flux`: energy flux in a band with its error from the model's
+  covariance (linear propagation; the integral photon flux is written by
+  `gpsfast.models.catalog.write_catalog`);
 - `pivot_energy`: decorrelation energy, where the relative error of dN/dE
   propagated from the covariance is smallest;
 - `position_error`: 68% and 95% error ellipses and circles from the lon / lat
@@ -33,7 +34,6 @@ __all__ = [
     "energy_flux",
     "exposure_livetime",
     "iau_names",
-    "integral_flux",
     "pivot_energy",
     "position_error",
     "profile_errors",
@@ -102,26 +102,6 @@ def energy_flux(model, energy_min="1 TeV", energy_max="100 TeV"):
     energy_min, energy_max = u.Quantity(energy_min), u.Quantity(energy_max)
     value, error = _propagate(_spectral(model), lambda m: m.energy_flux(energy_min, energy_max))
     return value.to("erg cm-2 s-1"), error.to("erg cm-2 s-1")
-
-
-def integral_flux(model, energy_min="1 TeV", energy_max="100 TeV"):
-    """Integral photon flux in a band and its error from the model's covariance.
-
-    Parameters
-    ----------
-    model : `~gammapy.modeling.models.SpectralModel` or `~gammapy.modeling.models.SkyModel`
-        Fitted model.
-    energy_min, energy_max : `~astropy.units.Quantity` or str, optional
-        Band. Default 1 to 100 TeV.
-
-    Returns
-    -------
-    flux, error : `~astropy.units.Quantity`
-        In cm-2 s-1.
-    """
-    energy_min, energy_max = u.Quantity(energy_min), u.Quantity(energy_max)
-    value, error = _propagate(_spectral(model), lambda m: m.integral(energy_min, energy_max))
-    return value.to("cm-2 s-1"), error.to("cm-2 s-1")
 
 
 def _relative_dnde_error(spectral, energy):
@@ -327,15 +307,12 @@ def iau_names(positions, prefix="CTA"):
     tenths = np.floor(np.abs(coords.dec.deg) * 10 + 1e-7).astype(int)
     signs = np.where(coords.dec.deg < 0, "-", "+")
     base = [f"{prefix} J{m // 60:02d}{m % 60:02d}{s}{t // 10:02d}{t % 10}" for m, t, s in zip(minutes, tenths, signs)]
-    names, seen = list(base), {}
-    for index, name in enumerate(base):
-        seen.setdefault(name, []).append(index)
-    for name, indices in seen.items():
-        if len(indices) > 1:
-            if len(indices) > len(string.ascii_uppercase):
-                raise InputError(f"iau_names: {len(indices)} sources share the designation {name}")
-            for letter, index in zip(string.ascii_uppercase, indices):
-                names[index] = f"{name} {letter}"
+    names, counts = list(base), {name: base.count(name) for name in set(base)}
+    for name in (name for name, count in counts.items() if count > 1):
+        if counts[name] > len(string.ascii_uppercase):
+            raise InputError(f"iau_names: {counts[name]} sources share the designation {name}")
+        for letter, index in zip(string.ascii_uppercase, [k for k, n in enumerate(base) if n == name]):
+            names[index] = f"{name} {letter}"
     return names
 
 
@@ -384,27 +361,22 @@ def exposure_livetime(dataset, positions, energy_true="1 TeV", offset_max=None):
         offset_max = PRESETS[dataset.name].offset_max
     livetime, n_obs = _livetime(dataset, positions, Angle(offset_max))
     livetime[outside] = np.nan
-    table = Table({"exposure": exposure * u.Unit("cm2 s"), "livetime": livetime * u.h, "n_obs": n_obs,
-                   "outside": outside})
-    return table
+    return Table({"exposure": exposure * u.Unit("cm2 s"), "livetime": livetime * u.h, "n_obs": n_obs,
+                  "outside": outside})
 
 
 def _livetime(dataset, positions, offset_max):
     """Livetime (h) and number of runs within ``offset_max`` of each position."""
     meta = dataset.meta_table
-    nan = np.full(len(positions), np.nan)
-    if meta is None or not {"RA_PNT", "DEC_PNT"} <= set(meta.colnames):
-        log.warning("exposure_livetime: dataset %s has no run pointings (meta_table): livetime NaN", dataset.name)
-        return nan, np.zeros(len(positions), int)
-    ra = np.concatenate([np.ravel(v) for v in meta["RA_PNT"]]).astype(float)
-    dec = np.concatenate([np.ravel(v) for v in meta["DEC_PNT"]]).astype(float)
-    if "LIVETIME" in meta.colnames:
+    columns = set() if meta is None else set(meta.colnames)
+    total = dataset.exposure.meta.get("livetime")
+    if not {"RA_PNT", "DEC_PNT"} <= columns or (total is None and "LIVETIME" not in columns):
+        log.warning("exposure_livetime: dataset %s has no run pointings or livetime: livetime NaN", dataset.name)
+        return np.full(len(positions), np.nan), np.zeros(len(positions), int)
+    ra, dec = (np.concatenate([np.ravel(v) for v in meta[name]]).astype(float) for name in ("RA_PNT", "DEC_PNT"))
+    if "LIVETIME" in columns:
         per_run = u.Quantity(np.concatenate([np.ravel(v) for v in meta["LIVETIME"]]), meta["LIVETIME"].unit or "s")
     else:
-        total = dataset.exposure.meta.get("livetime")
-        if total is None:
-            log.warning("exposure_livetime: dataset %s has no livetime: livetime NaN", dataset.name)
-            return nan, np.zeros(len(positions), int)
         per_run = np.full(ra.size, 1.0 / ra.size) * u.Quantity(total)
     pointings = SkyCoord(ra, dec, unit="deg", frame="icrs")
     within = positions[:, None].separation(pointings[None, :]) < offset_max
@@ -447,37 +419,46 @@ def covariance_check(datasets, parameters=None, n_sigma=1, bound_margin=1.0, asy
     models = datasets.models
     free = models.parameters.free_parameters.unique_parameters
     parameters = list(free) if parameters is None else list(parameters)
-    owners = {id(par): model.name for model in models for par in model.parameters}
     covariance = models.covariance.get_subcovariance(free)
     try:
-        np.linalg.cholesky(covariance)
-        positive = bool(np.all(np.isfinite(covariance)))
+        positive = bool(np.all(np.isfinite(covariance))) and np.linalg.cholesky(covariance) is not None
     except np.linalg.LinAlgError:
         positive = False
     stat = datasets.stat_sum()
-    rows = []
-    for par in parameters:
-        reason = ""
-        error = par.error
-        if not (np.isfinite(error) and error > 0) or not positive:
-            reason = "covariance"
-        elif (np.isfinite(par.min) and par.value - par.min < bound_margin * n_sigma * error) or (
-            np.isfinite(par.max) and par.max - par.value < bound_margin * n_sigma * error
-        ):
-            reason = "bound"
-        else:
-            rises = []
-            start = par.value
-            for direction in (1, -1):
-                par.value = start + direction * n_sigma * error
-                rises.append(datasets.stat_sum() - stat)
-            par.value = start
-            if abs(rises[0] - rises[1]) > asymmetry * abs(rises[0] + rises[1]):
-                reason = "asymmetric"
-        rows.append((owners.get(id(par), ""), par.name, par.value, error, reason))
-    return Table(rows=rows, names=["model", "parameter", "value", "error", "reason"],
-                 dtype=[str, str, float, float, str]) if rows else Table(
-        names=["model", "parameter", "value", "error", "reason"], dtype=[str, str, float, float, str])
+    rows = [
+        (*_owned(models, par), par.value, par.error, _reason(datasets, stat, par, positive, n_sigma, bound_margin,
+                                                             asymmetry))
+        for par in parameters
+    ]
+    return _table(rows, ["model", "parameter", "value", "error", "reason"], [str, str, float, float, str])
+
+
+def _owned(models, par):
+    """(model name, parameter name) of a parameter."""
+    for model in models:
+        if any(p is par for p in model.parameters):
+            return model.name, par.name
+    return "", par.name
+
+
+def _table(rows, names, dtype):
+    return Table(rows=rows, names=names, dtype=dtype) if rows else Table(names=names, dtype=dtype)
+
+
+def _reason(datasets, stat, par, positive, n_sigma, bound_margin, asymmetry):
+    """Why the covariance error of a parameter is poor ("" when it is not); see `covariance_check`."""
+    error = par.error
+    if not (positive and np.isfinite(error) and error > 0):
+        return "covariance"
+    reach = bound_margin * n_sigma * error
+    if par.value - par.min < reach or par.max - par.value < reach:  # False for NaN bounds
+        return "bound"
+    start, rises = par.value, []
+    for direction in (1, -1):
+        par.value = start + direction * n_sigma * error
+        rises.append(datasets.stat_sum() - stat)
+    par.value = start
+    return "asymmetric" if abs(rises[0] - rises[1]) > asymmetry * abs(rises[0] + rises[1]) else ""
 
 
 def profile_errors(datasets, parameters, n_sigma=1, fit=None):
@@ -506,17 +487,16 @@ def profile_errors(datasets, parameters, n_sigma=1, fit=None):
     datasets = fast_datasets(datasets)
     models = datasets.models
     fit = Fit() if fit is None else fit
-    owners = {id(par): model.name for model in models for par in model.parameters}
     rows = []
     for par in parameters:
+        owner = _owned(models, par)
         if par.frozen:
-            raise InputError(f"profile_errors: parameter {par.name!r} of {owners.get(id(par), '?')!r} is frozen")
+            raise InputError(f"profile_errors: parameter {owner[1]!r} of {owner[0]!r} is frozen")
         result = fit.confidence(datasets=datasets, parameter=par, sigma=n_sigma)
         success = bool(result.get("success", result.get("success_errp", False)))
-        rows.append((owners.get(id(par), ""), par.name, par.value, par.error,
-                     float(result["errn"]), float(result["errp"]), success))
-    return Table(rows=rows, names=["model", "parameter", "value", "error", "errn", "errp", "success"],
-                 dtype=[str, str, float, float, float, float, bool])
+        rows.append((*owner, par.value, par.error, float(result["errn"]), float(result["errp"]), success))
+    return _table(rows, ["model", "parameter", "value", "error", "errn", "errp", "success"],
+                  [str, str, float, float, float, float, bool])
 
 
 def robust_errors(datasets, parameters=None, n_sigma=1, fit=None, **criteria):

@@ -9,11 +9,15 @@ counts > 0), written here as a deviance (the statistic minus its value for
 ``mu = counts``: the same derivatives, small numbers near the best fit). Add
 `saturated_stat` to get gammapy's value.
 
-A source whose template covers no pixel with counts has no likelihood minimum
-(its statistic decreases linearly down to negative norms): its norm is put at
-the lowest value that keeps the fixed part plus its own prediction non-negative
-in every pixel, ``-min(fixed / signal)``, and it has no curvature error and no
-lower error.
+The norms are kept in the region where no pixel gets a negative prediction
+(gammapy clips such predictions to zero, which makes the statistic a kinked,
+meaningless function there): each norm above ``-min(fixed / signal_k) / n``
+over the pixels without counts (``n``: the sources with such pixels), that is
+``-min(fixed / signal)`` for one source. The best fit equals gammapy's wherever
+gammapy's has no negative prediction. A source whose template covers no pixel
+with counts (no likelihood minimum: its statistic decreases linearly) ends at
+that bound, with no curvature error and no lower error; a lower error that
+would cross the bound is NaN too.
 """
 import math
 
@@ -25,7 +29,7 @@ __all__ = ["fit_norms", "norm_points", "saturated_stat"]
 _TRUNCATION_VALUE = 1e-25
 _MAX_NEWTON = 100
 _MAX_HALVINGS = 40
-_KINK_DECREMENT = 1e-4
+_STALL_DECREMENT = 1e-6
 _MAX_BRACKET = 120
 _MAX_BRENT = 200
 
@@ -60,7 +64,10 @@ def _split(counts, fixed, signal):
     largest negative norm of source ``k`` alone that keeps them all non-negative
     (``min(fixed / signal)``; 0 where a template reaches a pixel without fixed
     counts, inf where it reaches none): while ``sum_k max(-norm_k, 0) / reach[k] <= 1``
-    no prediction is negative.
+    no prediction is negative. The fits keep each norm above
+    ``lower[k] = -reach[k] / n`` (``n`` sources with a finite reach), inside that
+    region: the statistic stays smooth there (a negative prediction would be
+    clipped to zero, a kink where Newton steps stall, and has no meaning).
     """
     n_pixels, n_sources = signal.shape
     has_counts = counts > 0.0
@@ -90,7 +97,15 @@ def _split(counts, fixed, signal):
             if s > 0.0:
                 reach[k] = min(reach[k], max(fixed[i], 0.0) / s)
         i0 += 1
-    return c1, f1, s1, f0, s0, total_f0, total_s0, reach
+    n_bounded = 0
+    for k in range(n_sources):
+        if reach[k] < np.inf:
+            n_bounded += 1
+    lower = np.full(n_sources, -np.inf)
+    for k in range(n_sources):
+        if reach[k] < np.inf:
+            lower[k] = -reach[k] / n_bounded + 0.0  # no negative zero
+    return c1, f1, s1, f0, s0, total_f0, total_s0, reach, lower
 
 
 @njit(cache=True, nogil=True)
@@ -109,7 +124,7 @@ def _linear_region(data, norms):
 @njit(cache=True, nogil=True)
 def _deviance(data, norms):
     """Cash statistic of the norms minus `saturated_stat`."""
-    c1, f1, s1, f0, s0, total_f0, total_s0, _ = data
+    c1, f1, s1, f0, s0, total_f0, total_s0 = data[:7]
     n_sources = norms.size
     total = 0.0
     log_truncation = math.log(_TRUNCATION_VALUE)
@@ -136,7 +151,8 @@ def _deviance(data, norms):
 @njit(cache=True, nogil=True)
 def _gradient_hessian(data, norms, free):
     """Gradient and Hessian of the statistic in the free norms (zero rows and columns elsewhere)."""
-    c1, f1, s1, f0, s0, _, total_s0, _ = data
+    c1, f1, s1, f0, s0 = data[:5]
+    total_s0 = data[6]
     n_sources = norms.size
     gradient = np.zeros(n_sources)
     hessian = np.zeros((n_sources, n_sources))
@@ -242,41 +258,67 @@ def _newton_step(hessian, gradient, free):
 
 @njit(cache=True, nogil=True)
 def _fit(data, norms, free):
-    """Newton minimisation of the statistic over the free norms (in place): (deviance, converged)."""
+    """Newton minimisation over the free norms, each kept above ``data[8]`` (in place): (deviance, converged).
+
+    A projected Newton method: norms at their lower bound that the gradient
+    pushes down are held there, the Newton step of the others is cut where it
+    would cross a bound, then shortened until the statistic decreases enough
+    (Armijo).
+    """
+    lower = data[8]
+    n_sources = norms.size
+    for k in range(n_sources):
+        if free[k] and norms[k] < lower[k]:
+            norms[k] = lower[k]
     stat = _deviance(data, norms)
     if not free.any():
         return stat, True
     trial = norms.copy()
     for _ in range(_MAX_NEWTON):
         gradient, hessian = _gradient_hessian(data, norms, free)
-        step = _newton_step(hessian, gradient, free)
+        work = free.copy()
+        for k in range(n_sources):
+            if work[k] and norms[k] <= lower[k] and gradient[k] > 0.0:
+                work[k] = False
+        step = np.zeros(n_sources)
+        for _ in range(n_sources + 1):
+            if not work.any():
+                return stat, True
+            step = _newton_step(hessian, gradient, work)
+            blocked = False
+            for k in range(n_sources):
+                if work[k] and norms[k] <= lower[k] and step[k] < 0.0:
+                    work[k] = False
+                    blocked = True
+            if not blocked:
+                break
         decrement = 0.0
-        for k in range(step.size):
+        for k in range(n_sources):
             decrement -= gradient[k] * step[k]
-        if not decrement > 1e-8:
+        t_max = 1.0
+        for k in range(n_sources):
+            if step[k] < 0.0 and lower[k] > -np.inf:
+                t_max = min(t_max, (lower[k] - norms[k]) / step[k])
+        if not decrement > 1e-8 and t_max == 1.0:
             # quadratic regime: the full Newton step lands on the minimum (to ~1e-8 of
             # the error), below what the float sums of the statistic resolve
-            for k in range(norms.size):
+            for k in range(n_sources):
                 norms[k] += step[k]
             return _deviance(data, norms), True
-        t = 1.0
+        t = t_max
         accepted = False
         for _ in range(_MAX_HALVINGS):
-            for k in range(norms.size):
-                trial[k] = norms[k] + t * step[k]
+            for k in range(n_sources):
+                trial[k] = max(norms[k] + t * step[k], lower[k]) if work[k] else norms[k]
             new = _deviance(data, trial)
             if new <= stat - 1e-4 * t * decrement:
                 accepted = True
                 break
             t *= 0.5
-        # a minimum on a kink (pixels without counts at zero prediction, negative
-        # norms): no full step is accepted any more; converged when that close
-        kink = decrement < _KINK_DECREMENT and t < 1e-3
-        if accepted:
-            norms[:] = trial
-            stat = new
-        if kink or not accepted:
-            return stat, kink
+        if not accepted:
+            return stat, decrement < _STALL_DECREMENT
+        norms[:] = trial
+        stat = new
     return stat, False
 
 
@@ -367,7 +409,8 @@ def _crossing(data, best, free, k, step, direction, deviance, n_sigma, limit):
     From the best fit, trial points go ``n_sigma * step`` away, then further by
     secant extrapolation of `_rise` (at least doubling the distance) until the
     profile passes the level; Brent's method finds the crossing in that bracket.
-    ``limit`` bounds the search on the lower side (NaN: none).
+    ``limit`` bounds the search on the lower side (-inf or NaN: none); NaN when
+    the profile stays below the level down to it.
     """
     warm = best.copy()
     x0 = best[k]
@@ -375,8 +418,10 @@ def _crossing(data, best, free, k, step, direction, deviance, n_sigma, limit):
     distance = n_sigma * step
     for _ in range(_MAX_BRACKET):
         b = x0 + direction * distance
-        if direction < 0 and limit == limit and b < limit:
-            return np.nan
+        if direction < 0 and b <= limit:
+            if a <= limit:
+                return np.nan
+            b = limit
         fb = _rise(data, warm, free, k, b, deviance, n_sigma)
         if fb > 0.0:
             root = _brent(data, warm, free, k, a, fa, b, fb, deviance, n_sigma, 1e-9 * step)
@@ -446,14 +491,12 @@ def norm_points(counts, fixed, signal, n_sigma, n_sigma_ul, scan_values, errors,
                 present[k] = True
                 if counts[i] > 0.0:
                     regular[k] = True
+    lower = data[8]
     best = np.zeros(n_sources)
     for k in range(n_sources):
-        if regular[k]:
-            best[k] = 1.0
-        elif present[k]:
-            # no counts where the source predicts any: the lowest non-negative prediction
-            best[k] = -data[7][k] + 0.0
-    deviance, converged = _fit(data, best, regular)
+        if present[k]:
+            best[k] = max(1.0, lower[k])
+    deviance, converged = _fit(data, best, present)
     _, hessian = _gradient_hessian(data, best, regular)
     inverse = np.zeros((n_sources, n_sources))
     covariance_ok = True
@@ -477,15 +520,15 @@ def norm_points(counts, fixed, signal, n_sigma, n_sigma_ul, scan_values, errors,
         step = sigma if sigma > 0 else 0.5 / totals[k]
         step = max(step, 1e-9 * abs(best[k]))
         warm = best.copy()
-        stat_null[k] = _profile(data, warm, regular, k, 0.0)
+        stat_null[k] = _profile(data, warm, present, k, 0.0)
         ts[k] = stat_null[k] - deviance
         if errors:
-            errp[k] = _crossing(data, best, regular, k, step, 1.0, deviance, n_sigma, nan)
+            errp[k] = _crossing(data, best, present, k, step, 1.0, deviance, n_sigma, nan)
             if regular[k]:
-                errn[k] = _crossing(data, best, regular, k, step, -1.0, deviance, n_sigma, nan)
+                errn[k] = _crossing(data, best, present, k, step, -1.0, deviance, n_sigma, lower[k])
         if upper_limits:
-            ul[k] = best[k] + _crossing(data, best, regular, k, step, 1.0, deviance, n_sigma_ul, nan)
+            ul[k] = best[k] + _crossing(data, best, present, k, step, 1.0, deviance, n_sigma_ul, nan)
         warm = best.copy()
         for j in range(scan_values.size):
-            stat_scan[k, j] = _profile(data, warm, regular, k, scan_values[j])
+            stat_scan[k, j] = _profile(data, warm, present, k, scan_values[j])
     return norm, norm_err, errn, errp, ul, ts, stat_null, stat_scan, success, deviance
