@@ -23,7 +23,8 @@ are where the likelihood profile rises by ``n_sigma**2``, the upper limit where
 it rises by ``n_sigma_ul**2`` (gammapy's default ``n_sigma_ul=2``: delta TS 4;
 ``n_sigma_ul=1.645`` gives the one-sided 95% limit, delta TS 2.71). With
 several sources the profiles refit the other norms, and ts is that profile at
-norm 0 minus its minimum.
+norm 0 minus its minimum (gammapy's ``FluxCollectionEstimator`` keeps the
+other norms at their best fit for ts: a larger ts for correlated sources).
 
 Differences from gammapy: the norms are kept where no pixel gets a negative
 predicted count (gammapy clips those to zero and can end on meaningless large

@@ -454,7 +454,8 @@ def norm_points(counts, fixed, signal, n_sigma, n_sigma_ul, scan_values, errors,
     Returns
     -------
     norm, norm_err, norm_errn, norm_errp, norm_ul, ts : ndarray, float64, shape (n_sources,)
-        ``norm_err`` is ``n_sigma`` times the curvature error; ``norm_errn`` and
+        ``norm_err`` is ``n_sigma`` times the curvature error (NaN at a lower
+        bound; the norms at their bound held fixed for the others); ``norm_errn`` and
         ``norm_errp`` come from the profile (the other norms refitted), as
         ``norm_ul = norm + errp(n_sigma_ul)``; ``ts`` is the profile at norm 0
         minus its minimum.
@@ -497,14 +498,19 @@ def norm_points(counts, fixed, signal, n_sigma, n_sigma_ul, scan_values, errors,
         if present[k]:
             best[k] = max(1.0, lower[k])
     deviance, converged = _fit(data, best, present)
-    _, hessian = _gradient_hessian(data, best, regular)
+    # curvature errors of the norms inside their bounds (those at a bound held fixed)
+    interior = regular.copy()
+    for k in range(n_sources):
+        if best[k] <= lower[k] + 1e-12 * (1.0 + abs(lower[k])):
+            interior[k] = False
+    _, hessian = _gradient_hessian(data, best, interior)
     inverse = np.zeros((n_sources, n_sources))
     covariance_ok = True
     for k in range(n_sources):
-        if regular[k]:
+        if interior[k]:
             unit = np.zeros(n_sources)
             unit[k] = 1.0
-            column, ok = _cholesky_solve(hessian, unit, regular)
+            column, ok = _cholesky_solve(hessian, unit, interior)
             covariance_ok = covariance_ok and ok
             inverse[:, k] = column
     for k in range(n_sources):
@@ -513,7 +519,7 @@ def norm_points(counts, fixed, signal, n_sigma, n_sigma_ul, scan_values, errors,
         norm[k] = best[k]
         success[k] = converged
         sigma = nan
-        if regular[k] and covariance_ok and inverse[k, k] > 0:
+        if interior[k] and covariance_ok and inverse[k, k] > 0:
             sigma = math.sqrt(2.0 * inverse[k, k])
             norm_err[k] = n_sigma * sigma
         # without curvature (no counts: a linear profile) the norm that raises the statistic by one
