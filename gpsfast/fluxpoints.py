@@ -49,7 +49,7 @@ from gammapy.modeling import Parameter
 from gammapy.modeling.models import Models, SkyModel, TemplateSpatialModel
 
 from .errors import InputError
-from .fit import fast_datasets
+from .evaluate import fast_datasets
 from .groups import make_groups
 from .utils import progress_bar
 

@@ -26,7 +26,7 @@ from gammapy.modeling import Fit
 from gammapy.modeling.models import PointSpatialModel, SkyModel, TemplateSpatialModel
 
 from .errors import InputError
-from .fit import fast_datasets
+from .evaluate import fast_datasets
 
 __all__ = [
     "containment_radius",

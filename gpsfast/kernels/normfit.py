@@ -24,9 +24,10 @@ import math
 import numpy as np
 from numba import njit
 
+from gpsfast.kernels.elementary import TRUNCATION as _TRUNCATION_VALUE
+
 __all__ = ["fit_norms", "norm_points", "saturated_stat"]
 
-_TRUNCATION_VALUE = 1e-25
 _MAX_NEWTON = 100
 _MAX_HALVINGS = 40
 _STALL_DECREMENT = 1e-6
