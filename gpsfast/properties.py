@@ -27,6 +27,7 @@ from gammapy.modeling.models import PointSpatialModel, SkyModel, TemplateSpatial
 
 from .errors import InputError
 from .evaluate import fast_datasets
+from .survey import PRESETS
 
 __all__ = [
     "containment_radius",
@@ -343,8 +344,6 @@ def exposure_livetime(dataset, positions, energy_true="1 TeV", offset_max=None):
     table : `~astropy.table.Table`
         Columns ``exposure`` (cm2 s), ``livetime`` (h), ``n_obs`` and ``outside``.
     """
-    from .survey import PRESETS
-
     if dataset.exposure is None:
         raise InputError(f"exposure_livetime: dataset {dataset.name!r} has no exposure map")
     positions = SkyCoord(positions)

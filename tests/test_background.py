@@ -3,6 +3,7 @@ import astropy.units as u
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
+from astropy.io import fits
 from gammapy.datasets import Datasets, MapDataset
 from gammapy.irf import EDispKernelMap, PSFMap
 from gammapy.maps import Map, MapAxis, WcsGeom
@@ -21,7 +22,7 @@ from scipy.ndimage import distance_transform_edt
 from skimage.filters import apply_hysteresis_threshold
 
 from gpsfast.background import background_models, exclusion_mask, fit_background, iterate_background
-from gpsfast.diffuse import diffuse_from_file, estimate_diffuse
+from gpsfast.background import diffuse_from_file, estimate_diffuse
 from gpsfast.detect import significance_maps
 from gpsfast.errors import InputError
 from gpsfast.fit import fast_datasets, frozen
@@ -251,11 +252,16 @@ def test_diffuse_from_files(diffuse_patch, tmp_path):
         diffuse_from_file(tmp_path / "image.fits")
     image = diffuse_from_file(tmp_path / "image.fits", spectral_model=PowerLawSpectralModel(), tilt=False)
     assert image.spatial_model.normalize and image.spectral_model.index.frozen
+    # the same cube as GammaLib writes it: intensity planes in the primary HDU, ENERGIES (MeV) table
+    hdu = fits.PrimaryHDU(cube.data.astype("f8") * 1e-6, header=template.geom.wcs.to_header())
+    energies = fits.BinTableHDU.from_columns([fits.Column("Energy", "D", unit="MeV", array=energy.to_value("MeV"))],
+                                             name="ENERGIES")
+    fits.HDUList([hdu, energies]).writeto(tmp_path / "gammalib_cube.fits")
     xml = tmp_path / "diffuse.xml"
     xml.write_text(
         '<source_library><source name="gal" type="DiffuseSource">'
         '<spectrum type="ConstantValue"><parameter name="Normalization" value="1" scale="1" min="0" max="10" '
-        'free="1"/></spectrum><spatialModel type="DiffuseMapCube" file="cube.fits">'
+        'free="1"/></spectrum><spatialModel type="DiffuseMapCube" file="gammalib_cube.fits">'
         '<parameter name="Normalization" value="1" scale="1" min="0" max="10" free="0"/></spatialModel>'
         "</source></source_library>"
     )

@@ -25,7 +25,7 @@ from numpy.testing import assert_allclose
 from gpsfast.errors import InputError
 from gpsfast.fit import fast_datasets
 from gpsfast.groups import fit_groups
-from gpsfast.hypotheses import FixedGaussian, fixed_model
+from gpsfast.selection.hypotheses import FixedGaussian, fixed_model
 from gpsfast.selection import (
     FLAG_FIT_FAILED,
     SPATIAL_DOF,

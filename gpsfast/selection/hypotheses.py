@@ -21,9 +21,10 @@ from gammapy.modeling.models import (ExpCutoffPowerLawSpectralModel, GaussianSpa
                                      GeneralizedGaussianSpatialModel, LogParabolaSpectralModel, Models,
                                      PointSpatialModel, PowerLawSpectralModel, ShellSpatialModel, SkyModel)
 
-from .fit import SHAPE_PARAMETERS, fast_datasets
-from .groups import source_extent
-from .models import GeneralizedGaussianSpatialModel as FastGeneralizedGaussian
+from ..evaluate import fast_datasets
+from ..modeling import SHAPE_PARAMETERS
+from ..groups import source_extent
+from ..models import GeneralizedGaussianSpatialModel as FastGeneralizedGaussian
 
 __all__ = ["FixedGaussian", "FixedSersic", "FixedShell", "FixedSupport", "SourceCutout", "fixed_model",
            "hessian_errors", "plain_model", "spatial_hypothesis", "spectral_hypothesis"]

@@ -46,8 +46,11 @@ from gammapy.modeling.models import (ConstantSpatialModel, Models, PowerLawNormS
                                      SkyModel, TemplateSpatialModel)
 from scipy.ndimage import gaussian_filter
 
-from .background import _as_datasets, _kept_image, _shallow, exclusion_mask
-from .errors import InputError
+from ..detect import significance_maps
+from ..errors import InputError
+from ..models import read_xml
+from .common import as_datasets, kept_image, shallow_copy
+from .exclusion import exclusion_mask
 
 __all__ = ["UNIT_INTENSITY", "diffuse_from_file", "estimate_diffuse"]
 
@@ -80,8 +83,6 @@ def _template_model(spatial, spectral, name, tilt):
 
 def _from_model_file(path, name, tilt):
     if path.suffix.lower() == ".xml":
-        from .models import read_xml
-
         candidates = read_xml(path)
     else:
         candidates = Models.read(path)
@@ -150,7 +151,7 @@ def _unit_npred(dataset, index):
     unit = SkyModel(spatial_model=ConstantSpatialModel(value=1 * u.Unit("sr-1")),
                     spectral_model=PowerLawSpectralModel(index=index, amplitude=UNIT_INTENSITY), name="unit")
     unit.apply_irf["psf"] = False
-    return _shallow(dataset, models=[unit]).npred_signal().data
+    return shallow_copy(dataset, models=[unit]).npred_signal().data
 
 
 def _dataset_images(dataset, index):
@@ -158,7 +159,7 @@ def _dataset_images(dataset, index):
     safe = np.ones(dataset.data_shape, dtype=bool) if dataset.mask_safe is None else dataset.mask_safe.data
     excess = np.where(safe, dataset.counts.data - dataset.npred().data, 0).sum(axis=0)
     unit = np.where(safe, _unit_npred(dataset, index), 0).sum(axis=0)
-    geom = dataset._geom.to_image()
+    geom = dataset.geoms["geom"].to_image()
     return Map.from_geom(geom, data=excess), Map.from_geom(geom, data=unit)
 
 
@@ -167,7 +168,7 @@ def _masked_sum(images, exclusion, geom):
     total = np.zeros(geom.data_shape)
     for dataset, image in images:
         if exclusion is not None:
-            image = Map.from_geom(image.geom, data=np.where(_kept_image(dataset, exclusion), image.data, 0))
+            image = Map.from_geom(image.geom, data=np.where(kept_image(dataset, exclusion), image.data, 0))
         if image.geom != geom:
             image = image.reproject_to_geom(geom, preserve_counts=True)
         total += np.nan_to_num(image.data)
@@ -197,9 +198,7 @@ def _diffuse_model(intensity, geom, index, name, tilt):
 
 def _residual_mask(datasets, diffuse, geom, low, high, radius, radii):
     """Exclusion mask of the residual significance with ``diffuse`` added to each dataset's models."""
-    from .detect import significance_maps
-
-    residual = [_shallow(d, models=Models([*(d.models or []), diffuse])) for d in datasets]
+    residual = [shallow_copy(d, models=Models([*(d.models or []), diffuse])) for d in datasets]
     return exclusion_mask(significance_maps(residual, radii=radii, background_only=False), geom=geom, low=low,
                           high=high, radius=radius)
 
@@ -253,8 +252,8 @@ def estimate_diffuse(datasets, exclusion=None, smoothing="0.5 deg", index=2.6, g
         The last exclusion mask (``exclusion`` without iterations): the one to
         fit the diffuse normalisation with.
     """
-    datasets = _as_datasets(datasets, "estimate_diffuse")
-    geom = datasets[0]._geom.to_image() if geom is None else geom.to_image()
+    datasets = as_datasets(datasets, "estimate_diffuse")
+    geom = datasets[0].geoms["geom"].to_image() if geom is None else geom.to_image()
     images = [_dataset_images(d, index) for d in datasets]
     excess = [(d, image[0]) for d, image in zip(datasets, images)]
     unit = [(d, image[1]) for d, image in zip(datasets, images)]

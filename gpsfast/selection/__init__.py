@@ -53,11 +53,11 @@ from gammapy.datasets import Datasets, MapDataset
 from gammapy.modeling.models import Models, SkyModel, TemplateSpatialModel
 from scipy.optimize import brentq
 
-from .errors import InputError
-from .groups import Group, make_group_task, source_extent
+from ..errors import InputError
+from ..groups import Group, make_group_task, source_extent
 from .hypotheses import (SIZE_MIN, FixedGaussian, SourceCutout, fixed_model, hessian_errors, plain_model,
                          position_of, spatial_hypothesis, spectral_hypothesis)
-from .utils import progress_bar
+from ..utils import progress_bar
 
 __all__ = ["FLAG_AT_BOUND", "FLAG_FIT_FAILED", "FLAG_UL_NOT_FOUND", "SPATIAL_DOF", "SPATIAL_HYPOTHESES",
            "SPECTRAL_HYPOTHESES", "SelectionThresholds", "choose_spatial", "choose_spectral", "hessian_errors",
@@ -334,8 +334,8 @@ def model_selection(datasets, models, names=None, spatial=SPATIAL_HYPOTHESES, sp
     n_jobs : int, optional
         Worker processes (joblib loky); 1 runs in-process. Default 1.
     optimize_opts : dict, optional
-        Minuit options (default `gpsfast.hypotheses.OPTIMIZE_OPTS`; a failed fit is retried with
-        `gpsfast.hypotheses.RETRY_OPTS`).
+        Minuit options (default `gpsfast.selection.hypotheses.OPTIMIZE_OPTS`; a failed fit is retried with
+        `gpsfast.selection.hypotheses.RETRY_OPTS`).
     progress : bool, optional
         Show a progress bar.
 
