@@ -49,6 +49,6 @@ def test_the_runs_test_something(quick_run):
     ts = [v for k, v in substituted["tests"].items() if "test_ts.py" in k and v["outcome"] == "passed"]
     assert any("detect.tsmap.ts_map" in v["probes"] for v in ts)
     hit = set().union(*(v.get("probes", []) for v in accelerated["tests"].values()))
-    assert {"accelerate.convolve_psf", "fit._signal_array", "models.sersic.generalized_gaussian_grid"} <= hit
+    assert {"irf.convolve.convolve_psf", "accelerate.patches.signal_array", "models.sersic.generalized_gaussian_grid"} <= hit
     missing = substituted["probes_missing"] + accelerated["probes_missing"]
     assert not missing, f"fast-path probes not found (renamed? update PROBES in gammapy_suite_plugin.py): {missing}"
