@@ -192,3 +192,36 @@ def test_not_a_map_dataset(postev):
     )
     with pytest.raises(ValueError, match="not applicable to 1D datasets"):
         ExcessMapEstimator().run(spectrum)
+
+
+@pytest.mark.parametrize("energy_edges", [None, [1, 2.2, 4.7, 10] * u.TeV])
+@pytest.mark.parametrize("estimator_class", [GammapyExcessMapEstimator, ExcessMapEstimator])
+def test_flux_scale_is_exposure_times_model_integral(estimator_class, energy_edges):
+    """Where the kernel lies inside the map, norm = excess / sum over the grouped bins of
+    exposure x integral of the spectral model (diagonal energy dispersion): an independent
+    reference for the exposure part, taken from gammapy's ``estimate_exposure_reco_energy``."""
+    from gammapy.datasets import MapDataset
+    from gammapy.irf import EDispKernelMap
+    from gammapy.maps import MapAxis, WcsGeom
+    from gammapy.modeling.models import PowerLawSpectralModel
+
+    axis = MapAxis.from_energy_edges([1, 2.2, 4.7, 10] * u.TeV, name="energy")
+    axis_true = axis.copy(name="energy_true")
+    geom = WcsGeom.create(npix=(31, 27), binsz=0.02, axes=[axis])
+    dataset = MapDataset.create(geom, energy_axis_true=axis_true, name="flat")
+    dataset.edisp = EDispKernelMap.from_diagonal_response(energy_axis=axis, energy_axis_true=axis_true)
+    exposure = np.array([1.0, 2.5, 4.0]) * 1e10
+    dataset.exposure.data[...] = exposure[:, None, None]
+    dataset.background.data[...] = 5.0
+    dataset.counts.data[...] = np.random.default_rng(5).poisson(8.0, geom.data_shape)
+    dataset.mask_safe.data[...] = True
+    model = PowerLawSpectralModel(index=2.5, amplitude="1e-12 cm-2 s-1 TeV-1")
+    maps = estimator_class(correlation_radius="0.1 deg", spectral_model=model, energy_edges=energy_edges).run(dataset)
+
+    integral = model.integral(axis.edges[:-1], axis.edges[1:])
+    per_bin = (exposure * dataset.exposure.unit * integral).to_value("")
+    scale = per_bin if energy_edges is not None else per_bin.sum(keepdims=True)
+    inner = (slice(None), slice(6, -6), slice(6, -6))
+    excess = maps["npred_excess"].data[inner]
+    np.testing.assert_allclose(maps["norm"].data[inner] * scale[:, None, None], excess, rtol=1e-6)
+    assert np.abs(excess).max() > 1

@@ -205,6 +205,56 @@ def test_associate_one_to_many():
         associate(seeds, sources, threshold=0)
 
 
+def test_associate_equals_all_pairs():
+    """The candidate pairs of search_around_sky give the table of testing every pair."""
+    from gammapy.modeling.models import DiskSpatialModel, GaussianSpatialModel, PointSpatialModel
+
+    from gpsfast.detect.associate import source_regions
+
+    rng = np.random.default_rng(11)
+    n_seeds = 40
+    glon = np.concatenate([rng.uniform(-1.5, 1.5, n_seeds - 2), [359.95, 0.02]])
+    seeds = Table(
+        {
+            "name": [f"S{k}" for k in range(n_seeds)],
+            "glon": glon,
+            "glat": rng.uniform(-1, 1, n_seeds),
+            "radius": rng.uniform(0.02, 0.4, n_seeds),
+        }
+    )
+    models = []
+    for k in range(30):
+        lon, lat = rng.uniform(-1.5, 1.5), rng.uniform(-1, 1)
+        kind = k % 3
+        if kind == 0:
+            spatial = PointSpatialModel(lon_0=lon * u.deg, lat_0=lat * u.deg, frame="galactic")
+        elif kind == 1:
+            spatial = GaussianSpatialModel(
+                lon_0=lon * u.deg, lat_0=lat * u.deg, sigma=rng.uniform(0.05, 0.3) * u.deg,
+                e=0.8, phi=rng.uniform(0, 180) * u.deg, frame="galactic",
+            )
+        else:
+            position = SkyCoord(lon, lat, unit="deg", frame="galactic").icrs
+            spatial = DiskSpatialModel(lon_0=position.ra, lat_0=position.dec, r_0=0.2 * u.deg, frame="icrs")
+        models.append(SkyModel(spatial_model=spatial, spectral_model=PowerLawSpectralModel(), name=f"M{k}"))
+    models = Models(models)
+
+    pairs = associate(seeds, models, threshold=0.05)
+
+    expected = []
+    for seed_name, seed_region in source_regions(seeds).items():
+        for source_name, source_region in source_regions(models).items():
+            fraction = overlap_fraction(seed_region, source_region)
+            if fraction >= 0.05:
+                separation = seed_region.center.separation(source_region.center).deg
+                expected.append((seed_name, source_name, fraction, separation))
+    assert len(expected) >= 10
+    assert list(zip(pairs["seed"], pairs["source"])) == [row[:2] for row in expected]
+    assert list(pairs["overlap"]) == [row[2] for row in expected]
+    np.testing.assert_allclose(pairs["separation"], [row[3] for row in expected], rtol=1e-9)
+    assert len(associate(seeds[:0], models)) == 0
+
+
 @pytest.fixture(scope="module")
 def shell_dataset():
     center = SkyCoord(0, 0, unit="deg", frame="galactic")

@@ -173,6 +173,41 @@ def test_no_valid_position_is_an_error(tiny):
         TSMapEstimator(**TINY).run(dataset)
 
 
+@pytest.mark.parametrize("broken", ["no background", "zero background", "empty mask_safe", "zero exposure"])
+def test_invalid_input_as_gammapy(tiny, broken):
+    """gammapy's ``test_compute_ts_map_invalid`` and ``_with_hole`` cases (they need $GAMMAPY_DATA
+    there): the same error type, from both estimators."""
+    dataset = tiny.copy(name="broken")
+    if broken == "no background":
+        dataset.background = None
+    elif broken == "zero background":
+        dataset.background.data = 0
+    elif broken == "empty mask_safe":
+        dataset.mask_safe = Map.from_geom(dataset.counts.geom, dtype=bool)
+    else:
+        dataset.exposure.data[...] = 0
+    errors = []
+    for estimator in (GammapyTSMapEstimator(**TINY), TSMapEstimator(**TINY)):
+        with pytest.raises(ValueError) as error:
+            estimator.run(dataset)
+        errors.append(str(error.value).split()[:3])
+    assert errors[0] == errors[1]
+
+
+def test_zero_kernel_as_gammapy(tiny):
+    """A kernel model of zero brightness (gammapy's ``test_compute_ts_map_invalid``): TS is 0 everywhere."""
+    from gammapy.modeling.models import ConstantSpatialModel
+
+    kernel_model = SkyModel(
+        spatial_model=ConstantSpatialModel(value=0 / u.sr),
+        spectral_model=PowerLawSpectralModel(amplitude="1e-22 cm-2 s-1 keV-1"),
+    )
+    kwargs = dict(kernel_model=kernel_model, kernel_width="0.3 deg", sum_over_energy_groups=False)
+    expected, actual = run_both(tiny, **kwargs)
+    assert_same_maps(expected, actual)
+    np.testing.assert_array_equal(actual["ts"].data, 0)
+
+
 def test_wstat_dataset_is_rejected(tiny):
     dataset = MapDatasetOnOff.from_map_dataset(
         tiny, acceptance=1, acceptance_off=2, counts_off=tiny.counts.copy(), name="onoff"

@@ -35,6 +35,7 @@ LAYERS = [
     ("gpsfast.modeling",),
     ("gpsfast.detect", "gpsfast.spectra", "gpsfast.clustering", "gpsfast.groups", "gpsfast.fit",
      "gpsfast.survey", "gpsfast.simulate"),
+    ("gpsfast.background", "gpsfast.selection", "gpsfast.fluxpoints", "gpsfast.properties"),
     ("gpsfast.accelerate",),
     ("gpsfast.pipeline",),
     ("gpsfast.cli", "gpsfast"),

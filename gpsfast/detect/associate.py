@@ -3,7 +3,7 @@ import logging
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import SkyCoord, search_around_sky
 from astropy.table import Table
 from astropy.wcs import WCS
 from gammapy.modeling.models import Models, SkyModel, TemplateSpatialModel
@@ -152,6 +152,13 @@ def associate(seeds, sources, threshold=0.1, min_radius="0.05 deg"):
     `SeedCatalog`, its table gets ``assoc`` (best source, or ``""``),
     ``assoc_overlap`` and ``n_assoc`` columns.
 
+    The candidate pairs (centres closer than the sum of the two extents) come
+    from `~astropy.coordinates.search_around_sky`. There is deliberately no
+    one-to-one assignment (greedy or ``scipy.optimize.linear_sum_assignment``):
+    a seed covering two blended sources, or a source split into a peak and a
+    shell seed, is a real association each time, and a one-to-one matching would
+    hide one of them; ``rank_seed == 1`` gives the best source of each seed.
+
     Parameters
     ----------
     seeds : `SeedCatalog` or `~astropy.table.Table`
@@ -173,13 +180,12 @@ def associate(seeds, sources, threshold=0.1, min_radius="0.05 deg"):
         raise InputError(f"Association threshold must be in (0, 1], got {threshold}")
     seed_regions = source_regions(seeds, min_radius)
     reference = source_regions(sources, min_radius)
+    seed_names, source_names = list(seed_regions), list(reference)
     rows = []
-    for seed_name, seed_region in seed_regions.items():
-        for source_name, source_region in reference.items():
-            fraction = overlap_fraction(seed_region, source_region)
-            if fraction >= threshold:
-                separation = seed_region.center.separation(source_region.center).deg
-                rows.append((seed_name, source_name, fraction, separation))
+    for i, j, separation in _candidate_pairs(list(seed_regions.values()), list(reference.values())):
+        fraction = overlap_fraction(seed_regions[seed_names[i]], reference[source_names[j]])
+        if fraction >= threshold:
+            rows.append((seed_names[i], source_names[j], fraction, separation))
     pairs = Table(rows=rows, names=["seed", "source", "overlap", "separation"], dtype=["U64", "U64", float, float])
     pairs["separation"].unit = "deg"
     pairs["rank_seed"] = _ranks(pairs, "seed")
@@ -188,6 +194,37 @@ def associate(seeds, sources, threshold=0.1, min_radius="0.05 deg"):
         _annotate(seeds, pairs)
     log.info("Associated %d pairs (%d seeds, %d sources)", len(pairs), len(seed_regions), len(reference))
     return pairs
+
+
+def _candidate_pairs(regions_a, regions_b):
+    """Index pairs ``(i, j, separation in deg)`` of regions that can overlap, by ``i`` then ``j``.
+
+    Regions overlap only where the separation of their centres is at most the
+    sum of their extents: `~astropy.coordinates.search_around_sky` (a k-d tree)
+    finds those pairs within the largest such sum, instead of testing every pair.
+    """
+    if not regions_a or not regions_b:
+        return []
+    centers_a = _centers(regions_a)
+    centers_b = _centers(regions_b)
+    extent_a = np.array([_extent(region) for region in regions_a])
+    extent_b = np.array([_extent(region) for region in regions_b])
+    limit = (extent_a.max() + extent_b.max()) * u.deg
+    idx_a, idx_b, separation, _ = search_around_sky(centers_a, centers_b, limit)
+    separation = separation.deg
+    keep = separation <= extent_a[idx_a] + extent_b[idx_b]
+    idx_a, idx_b, separation = idx_a[keep], idx_b[keep], separation[keep]
+    order = np.lexsort((idx_b, idx_a))
+    return list(zip(idx_a[order].tolist(), idx_b[order].tolist(), separation[order].tolist()))
+
+
+def _centers(regions):
+    """Centres of regions as one galactic `~astropy.coordinates.SkyCoord`."""
+    lon, lat = np.empty(len(regions)), np.empty(len(regions))
+    for k, region in enumerate(regions):
+        center = region.center if region.center.frame.name == "galactic" else region.center.galactic
+        lon[k], lat[k] = center.l.deg, center.b.deg
+    return SkyCoord(lon, lat, unit="deg", frame="galactic")
 
 
 def _ranks(pairs, key):

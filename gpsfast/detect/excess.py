@@ -8,7 +8,7 @@ from gammapy.datasets import MapDataset, MapDatasetOnOff
 from gammapy.estimators import ExcessMapEstimator as GammapyExcessMapEstimator
 from gammapy.estimators import FluxMaps
 from gammapy.estimators.map.excess import convolved_map_dataset_counts_statistics
-from gammapy.estimators.utils import apply_threshold_sensitivity
+from gammapy.estimators.utils import apply_threshold_sensitivity, estimate_exposure_reco_energy
 from gammapy.maps import Map
 from gammapy.modeling.models import SkyModel
 from gammapy.stats import CashCountsStatistic
@@ -18,7 +18,7 @@ from ..kernels.cash import cash_errors
 from ..kernels.fingerprint import fingerprint
 from ..kernels.grouping import group_planes
 
-__all__ = ["ExcessMapEstimator", "reco_exposure", "significance_maps"]
+__all__ = ["ExcessMapEstimator", "significance_maps"]
 
 log = logging.getLogger(__name__)
 
@@ -93,39 +93,6 @@ def _resample(data, mask, bounds, logical_or=False):
     return group_planes(data, np.ascontiguousarray(mask, dtype=bool), *bounds, logical_or)
 
 
-def reco_exposure(dataset, spectral_model):
-    """Exposure folded with a spectral shape into reconstructed energy, per pixel.
-
-    Same as ``gammapy.estimators.utils.estimate_exposure_reco_energy(dataset,
-    spectral_model, normalize=False)``: the predicted counts of a source of that
-    spectrum with a constant flux per pixel, the energy dispersion taken at the
-    map centre.
-
-    Parameters
-    ----------
-    dataset : `~gammapy.datasets.MapDataset`
-        Dataset with exposure (and edisp).
-    spectral_model : `~gammapy.modeling.models.SpectralModel`
-        Assumed spectrum.
-
-    Returns
-    -------
-    npred : `~numpy.ndarray`, shape (n_energy, ny, nx)
-        Counts in each reconstructed-energy bin per unit of the model's flux.
-    """
-    exposure = dataset.exposure
-    edges = exposure.geom.axes["energy_true"].edges
-    flux = spectral_model.integral(edges[:-1], edges[1:])
-    scale = (flux * exposure.unit).to_value("")
-    npred_true = exposure.data * scale[:, np.newaxis, np.newaxis]
-    energy_axis = dataset._geom.axes["energy"]
-    if dataset.edisp is None:
-        return npred_true
-    pdf = dataset.edisp.get_edisp_kernel(position=None, energy_axis=energy_axis).pdf_matrix
-    n_true, ny, nx = npred_true.shape
-    return (pdf.T @ npred_true.reshape(n_true, ny * nx)).reshape(-1, ny, nx)
-
-
 class ExcessMapEstimator(GammapyExcessMapEstimator):
     """Correlated excess and significance maps, a drop-in for gammapy's `ExcessMapEstimator`.
 
@@ -140,7 +107,8 @@ class ExcessMapEstimator(GammapyExcessMapEstimator):
     set on the dataset the maps are residual maps. The exposure part (exposure
     folded with the spectral model and correlated) is kept between calls while
     a fingerprint of the exposure, energy dispersion and masks is unchanged, so
-    recomputing maps after a model update costs only the counts and npred part.
+    recomputing maps after a model update costs only the counts and npred part;
+    the folding itself is gammapy's ``estimate_exposure_reco_energy``.
 
     A non-finite value in a correlated input makes only the output pixels whose
     kernel covers it NaN (an FFT convolution spreads it over the whole map).
@@ -191,8 +159,8 @@ class ExcessMapEstimator(GammapyExcessMapEstimator):
         if key is None or cached is None or cached[0] != key:
             exposure = None
             if dataset.exposure:
-                data = _resample(reco_exposure(dataset, self.spectral_model), mask_safe, bounds)
-                exposure = Map.from_geom(geom, data=data)
+                npred = estimate_exposure_reco_energy(dataset, self.spectral_model, normalize=False)
+                exposure = Map.from_geom(geom, data=_resample(npred.data, mask_safe, bounds), unit=npred.unit)
             cached = (key, self._flux_scale(dataset, kernel, mask, exposure))
             _SCALE_CACHE[self] = cached
         return self._excess_maps(grouped, kernel, mask, cached[1])

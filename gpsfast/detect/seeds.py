@@ -296,6 +296,15 @@ def find_seeds(
 
 
 def _merge(tables, merge_distance):
+    """Merge candidate seeds from several maps, strongest first (see `find_seeds`).
+
+    Greedy on purpose: this is non-maximum suppression, not a matching. A
+    candidate joins the first, hence strongest, seed near it, so each seed keeps
+    the position and significance of its strongest detection (and, but for ties
+    in significance, the result does not depend on the order of the maps). An optimal assignment
+    (``linear_sum_assignment``) would pair candidates to minimise the summed
+    distance and could move a seed to a weaker detection.
+    """
     rows = [row for table in tables for row in table]
     rows.sort(key=lambda row: -row["sqrt_ts"])
     seeds = []

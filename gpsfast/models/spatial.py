@@ -394,8 +394,10 @@ class GammaLibCompositeSpatialModel(SpatialModel):
 
     Parameters
     ----------
-    models : list of `~gammapy.modeling.models.SpatialModel`
-        Components.
+    models : list of `~gammapy.modeling.models.SpatialModel`, optional
+        Components; one `~gammapy.modeling.models.PointSpatialModel` at its
+        default position if not given (every gammapy model class can be built
+        without arguments, and gammapy's own tests rely on it).
     scales : list of float or `~gammapy.modeling.Parameter`, optional
         Component weights (default 1 each).
     names : list of str, optional
@@ -404,7 +406,9 @@ class GammaLibCompositeSpatialModel(SpatialModel):
 
     tag = ["GammaLibCompositeSpatialModel", "gl-composite"]
 
-    def __init__(self, models, scales=None, names=None):
+    def __init__(self, models=None, scales=None, names=None):
+        if models is None:
+            models = [PointSpatialModel()]
         if not models:
             raise ValueError("GammaLibCompositeSpatialModel needs at least one component")
         self.models = list(models)
