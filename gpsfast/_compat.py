@@ -23,6 +23,13 @@ from gammapy.irf import EDispKernelMap, EDispMap
 from gammapy.irf.psf.map import PSF_MAX_OVERSAMPLING
 from gammapy.maps import MapAxes, MapAxis, RegionGeom, RegionNDMap, WcsGeom
 from gammapy.maps.utils import _check_width
+from gammapy.modeling.models import Models, SkyModel, TemplatePhaseCurveTemporalModel
+from gammapy.modeling.models.core import (
+    _build_parameters_from_dict,
+    _check_fov_background_models,
+    _recursive_dict_filename_update,
+    _set_models_link,
+)
 from gammapy.modeling.models.spatial import MAX_OVERSAMPLING
 from pydantic import BaseModel
 from regions import PointSkyRegion, RegionMeta, RegionVisual
@@ -46,19 +53,26 @@ __all__ = [
     "direct_init_ok",
     "evaluator_edisp_diagonal",
     "geom_init_copy",
+    "init_with_shadows",
     "irf_map",
+    "link_models",
     "map_init_copy",
     "nearest_valid_position",
     "new_irf_map",
+    "new_models",
     "new_point_region",
     "new_region_geom",
     "new_region_nd_map",
     "parameter_objects",
+    "parameters_from_dict",
+    "phase_curve_phase",
     "pixel_scale_angle_at_skycoord",
     "psf_irf",
     "set_dataset_evaluators",
     "set_datasets_penalties",
     "sky_model_parts",
+    "sky_model_without_unit_check",
+    "update_filenames",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,6 +167,87 @@ def parameter_objects(model, names):
     """
     objects = model.__dict__
     return [objects[name] for name in names]
+
+
+def parameters_from_dict(data, default_parameters):
+    """`~gammapy.modeling.Parameters` of a YAML parameter list, completed from the class defaults.
+
+    gammapy's ``from_dict`` of its models does this with
+    ``gammapy.modeling.models.core._build_parameters_from_dict`` (a warning for
+    each parameter the list lacks).
+    """
+    return _build_parameters_from_dict(data, default_parameters)
+
+
+def phase_curve_phase(time, t_ref, phi_ref, f0, f1, f2):
+    """Phase in [0, 1) and period number of a timing solution at ``time`` (all Quantities).
+
+    ``TemplatePhaseCurveTemporalModel._time_to_phase``: ``phi_ref + dt (f0 +
+    dt / 2 (f1 + dt / 3 f2))`` with ``dt = time - t_ref``.
+    """
+    return TemplatePhaseCurveTemporalModel._time_to_phase(time, t_ref, phi_ref, f0, f1, f2)
+
+
+def new_models(models, covariance):
+    """``Models(models)`` holding ``covariance`` (a `~gammapy.modeling.covariance.Covariance`) as its covariance.
+
+    gammapy's constructor builds the dense covariance matrix of all parameters;
+    here ``Models._models``, ``_background_models`` (from
+    ``core._check_fov_background_models``, which refuses two FoV background
+    models for one dataset with a ValueError) and ``_covariance`` are set on a
+    ``Models([])`` made by gammapy's constructor. The model names must be unique
+    (not checked here).
+    """
+    models = list(models)
+    result = Models([])
+    result._models = models
+    result._background_models = _check_fov_background_models(models)
+    result._covariance = covariance
+    return result
+
+
+def update_filenames(component, path):
+    """In a YAML model dictionary, the ``filename`` entries of files found under ``path`` become full paths.
+
+    ``gammapy.modeling.models.core._recursive_dict_filename_update`` (in place).
+    """
+    _recursive_dict_filename_update(component, path)
+
+
+def link_models(models):
+    """Share the parameters that YAML ``link`` entries name between the models (``core._set_models_link``)."""
+    _set_models_link(models)
+
+
+def init_with_shadows(cls, shadows, **kwargs):
+    """``cls(**kwargs)`` run with instance attributes ``shadows`` hiding the class's while ``__init__`` runs.
+
+    The shadows are removed afterwards (unless ``__init__`` replaced them).
+    gpsfast uses it to skip two costs of gammapy's model constructors: the deep
+    copy of ``default_parameters`` (`gpsfast.models.bulk.build_component`) and
+    `sky_model_without_unit_check`.
+    """
+    obj = cls.__new__(cls)
+    obj.__dict__.update(shadows)
+    try:
+        cls.__init__(obj, **kwargs)
+    finally:
+        for name, value in shadows.items():
+            if obj.__dict__.get(name) is value:
+                del obj.__dict__[name]
+    return obj
+
+
+def _no_unit_check():
+    return None
+
+
+def sky_model_without_unit_check(**kwargs):
+    """``SkyModel(**kwargs)`` without ``SkyModel._check_unit`` (an evaluation of the model on a small WCS geometry).
+
+    For callers that checked the units themselves.
+    """
+    return init_with_shadows(SkyModel, {"_check_unit": _no_unit_check}, **kwargs)
 
 
 # ----------------------------------------------------------------------------

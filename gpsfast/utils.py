@@ -27,7 +27,14 @@ LOCK_NAME = ".gpsfast.lock"
 
 
 def progress_bar(iterable, desc=None, show=None, total=None):
-    """Wrap an iterable in a tqdm progress bar.
+    """Wrap an iterable in a tqdm progress bar (or make a bar updated by hand, ``iterable=None``).
+
+    gammapy's ``gammapy.utils.pbar.progress_bar`` does not serve the callers:
+    it turns the iterable into a list first (no bar over a generator of group
+    fits or ROIs, nor one updated by hand as results arrive), has only the
+    global ``SHOW_PROGRESS_BAR`` switch (gpsfast's functions take ``progress=``),
+    leaves finished bars on screen, and its stand-in without tqdm has no
+    ``close``. This one follows that same global switch by default.
 
     Parameters
     ----------
@@ -159,9 +166,16 @@ def atomic_output(path, overwrite=False):
 
 
 def write_text_atomic(path, text):
-    """Write a text file atomically (temporary file in the same folder, then `os.replace`)."""
+    """Write a text file atomically (temporary file in the same folder, synced to disk, then `os.replace`).
+
+    The file gets the mode ``open`` gives (``0o666`` less the umask). Used for
+    every small state file gpsfast writes (run states, checkpoints, reports).
+    """
     with atomic_output(path, overwrite=True) as tmp:
-        Path(tmp).write_text(text)
+        with open(tmp, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
 
 
 def write_atomic(item, path, **kwargs):

@@ -36,7 +36,6 @@ from gpsfast.irf import FastEDispKernelMap, FastPSFMap, convolve_psf
 from gpsfast.models.sersic import GeneralizedGaussianSpatialModel as CompiledModel
 from gpsfast.models.sersic import accelerate_models
 from gpsfast.pipeline.modelling import accelerated_fit
-from gpsfast.simulate import make_survey
 
 # the module of the PSF convolution (spied on below)
 convolve_module = importlib.import_module("gpsfast.irf.convolve")
@@ -55,8 +54,8 @@ SOURCES = [
 
 
 @pytest.fixture(scope="module")
-def base_dataset():
-    datasets, _ = make_survey(width=1.5 * u.deg, height=1 * u.deg, presets="postev", seed=11)
+def base_dataset(postev_patch):
+    datasets, _ = postev_patch()
     dataset = datasets["postev"]
     dataset.models = Models([dataset.background_model])
     return dataset

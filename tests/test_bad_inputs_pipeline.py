@@ -14,14 +14,13 @@ from gammapy.modeling.models import Models
 from gpsfast.cli import cli
 from gpsfast.errors import InputError
 from gpsfast.pipeline import PipelineConfig, load_config
-from gpsfast.simulate import make_survey
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
+def good(tmp_path_factory, postev_patch):
     """A simulated 1.5 x 1 deg PosTeV dataset (file) and its folder for the bad variants."""
     folder = tmp_path_factory.mktemp("bad-inputs")
-    datasets, _ = make_survey(width=1.5 * u.deg, height=1 * u.deg, presets="postev", seed=7)
+    datasets, _ = postev_patch()
     datasets[0].write(folder / "postev.fits")
     return folder / "postev.fits"
 

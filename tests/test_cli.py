@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from gammapy.datasets import MapDataset
@@ -21,11 +22,13 @@ def test_simulate_writes_readable_outputs(tmp_path):
     result = run("simulate", "--out", str(out), *SMALL)
     assert result.exit_code == 0, result.output
     assert "subtev" in result.output and "postev" in result.output and "sources" in result.output
-    for name in ("subtev", "postev"):
-        dataset = MapDataset.read(out / f"{name}.fits")
-        assert dataset.counts.data.sum() > 0
     models = Models.read(out / "true_models.yaml")
     assert "diffuse-large-scale" in models.names
+    for name in ("subtev", "postev"):
+        dataset = MapDataset.read(out / f"{name}.fits")
+        dataset.models = models  # the true sky and the dataset's background model: what the counts were drawn from
+        npred = dataset.npred().data.sum()
+        assert abs(dataset.counts.data.sum() - npred) < 5 * np.sqrt(npred), name
 
 
 def test_simulate_one_preset(tmp_path):

@@ -227,3 +227,75 @@ def test_dataset_metas_are_default_and_independent():
     for name in mutable:
         contract(getattr(metas[0], name) is not getattr(metas[1], name), "dataset_metas",
                  f"MapDatasetMetaData.{name} (shared between datasets)")
+
+
+def test_parameters_from_dict():
+    defaults = PowerLawSpectralModel.default_parameters
+    pars = _compat.parameters_from_dict([{"name": "index", "value": 3.1, "frozen": True}], defaults)
+    contract(pars.names == defaults.names, "parameters_from_dict", "_build_parameters_from_dict (names, order)")
+    contract(pars["index"].value == 3.1 and pars["index"].frozen, "parameters_from_dict",
+             "_build_parameters_from_dict (values of the list)")
+    contract(pars["amplitude"].quantity == defaults["amplitude"].quantity and pars["amplitude"] is not
+             defaults["amplitude"], "parameters_from_dict", "_build_parameters_from_dict (defaults, copied)")
+
+
+def test_phase_curve_phase():
+    t_ref, f0, f1, f2 = 10.0 * u.s, 1.0 / u.s, 0.1 / u.s**2, 0.01 / u.s**3
+    time = 12.5 * u.s
+    phase, period = _compat.phase_curve_phase(time, t_ref, 0.25, f0, f1, f2)
+    # phi_ref + dt f0 + dt^2 f1 / 2 + dt^3 f2 / 6 at dt = 2.5 s: 0.25 + 2.5 + 0.3125 + 0.0260417
+    total = 0.25 + 2.5 + 0.1 * 2.5**2 / 2 + 0.01 * 2.5**3 / 6
+    contract(np.isclose(phase + period, total, rtol=1e-12) and 0 <= phase < 1 and period == 3,
+             "phase_curve_phase", "TemplatePhaseCurveTemporalModel._time_to_phase")
+
+
+def test_new_models():
+    from gammapy.modeling.covariance import Covariance
+    from gammapy.modeling.models import FoVBackgroundModel
+
+    source = SkyModel(PowerLawSpectralModel(), name="s")
+    background = FoVBackgroundModel(dataset_name="d")
+    contract(set(vars(Models([]))) == {"_models", "_background_models", "_covar_file", "_covariance", "_penalties"},
+             "new_models", "the attributes Models() sets")
+    covariance = Covariance(Models([source, background]).parameters)
+    models = _compat.new_models([source, background], covariance)
+    contract(type(models) is Models and models.names == ["s", "d-bkg"] and models["s"] is source, "new_models",
+             "Models._models")
+    contract(models.background_models == {"d": "d-bkg"}, "new_models", "Models._background_models")
+    contract(models.covariance is covariance, "new_models", "Models._covariance")
+    contract(models.parameters.names == Models([source, background]).parameters.names, "new_models", "Models._models")
+    with pytest.raises(ValueError):
+        _compat.new_models([background, FoVBackgroundModel(dataset_name="d", name="other")], covariance)
+
+
+def test_update_filenames_and_link_models(tmp_path):
+    (tmp_path / "here.fits").write_text("")
+    component = {"spatial": {"filename": "here.fits"}, "spectral": {"filename": "elsewhere.fits"}}
+    _compat.update_filenames(component, tmp_path)
+    contract(component == {"spatial": {"filename": tmp_path / "here.fits"}, "spectral": {"filename": "elsewhere.fits"}},
+             "update_filenames", "_recursive_dict_filename_update")
+    data = {"components": [
+        {"name": name, "type": "SkyModel",
+         "spectral": {"type": "PowerLawSpectralModel", "parameters": [{"name": "index", "value": 2.0, "link": "idx"}]}}
+        for name in ("a", "b")]}
+    models = Models([SkyModel.from_dict(component) for component in data["components"]])
+    _compat.link_models(models)
+    contract(models["a"].spectral_model.index is models["b"].spectral_model.index, "link_models", "_set_models_link")
+
+
+def test_init_with_shadows_and_sky_model_without_unit_check():
+    shared = PowerLawSpectralModel.default_parameters.copy()
+    index = Parameter("index", 3.0)
+    model = _compat.init_with_shadows(PowerLawSpectralModel, {"default_parameters": shared}, index=index)
+    contract(model.index is index and "default_parameters" not in vars(model), "init_with_shadows",
+             "ModelBase.__init__ (parameters given as objects kept, the shadow removed)")
+    contract(model.amplitude is not PowerLawSpectralModel.default_parameters["amplitude"], "init_with_shadows",
+             "ModelBase.__init__ (copies the defaults it uses from default_parameters)")
+    spectral, spatial = PowerLawSpectralModel(), GaussianSpatialModel(frame="galactic")
+    checked = SkyModel(spectral, spatial, name="m")
+    fast = _compat.sky_model_without_unit_check(spectral_model=spectral, spatial_model=spatial, name="m")
+    contract(type(fast) is SkyModel and vars(fast).keys() == vars(checked).keys(), "sky_model_without_unit_check",
+             "SkyModel.__init__ / _check_unit")
+    contract(fast.to_dict() == checked.to_dict(), "sky_model_without_unit_check", "SkyModel.__init__")
+    with pytest.raises(ValueError):
+        SkyModel(PowerLawSpectralModel(amplitude="1 cm-2 s-1"), spatial, name="bad")  # what the bypass skips

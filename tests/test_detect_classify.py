@@ -1,29 +1,27 @@
 """Seed classification and ranking, trained on simulated surveys and checked on a held-out patch."""
-import astropy.units as u
 import joblib
 import numpy as np
 import pytest
 
 from gpsfast.detect import FEATURES, SeedClassifier, find_seeds, seed_features, seed_labels, significance_maps
 from gpsfast.errors import InputError
-from gpsfast.simulate import make_survey
 
 
-def simulated_seeds(seed):
-    datasets, models = make_survey(width=4 * u.deg, height=2 * u.deg, seed=seed, density=3 / u.deg**2)
+def simulated_seeds(survey_cache, seed):
+    datasets, models = survey_cache(4, 2, seed=seed, density=3)
     maps = significance_maps(datasets)
     seeds = find_seeds(maps, threshold=3.5)
     return seeds, seed_labels(seeds, models)
 
 
 @pytest.fixture(scope="module")
-def training():
-    return [simulated_seeds(seed) for seed in (11, 12, 13)]
+def training(survey_cache):
+    return [simulated_seeds(survey_cache, seed) for seed in (11, 12, 13)]
 
 
 @pytest.fixture(scope="module")
-def held_out():
-    return simulated_seeds(14)
+def held_out(survey_cache):
+    return simulated_seeds(survey_cache, 14)
 
 
 @pytest.fixture(scope="module")

@@ -42,11 +42,9 @@ def assert_same_maps(expected, actual):
 
 
 @pytest.fixture(scope="module")
-def postev():
+def postev(postev_patch):
     """1.5 x 1 deg PosTeV patch (20 energy bins) with only its background model."""
-    from gpsfast.simulate import make_survey
-
-    datasets, _ = make_survey(width=1.5 * u.deg, height=1 * u.deg, presets="postev", seed=3)
+    datasets, _ = postev_patch()
     dataset = datasets["postev"]
     dataset.models = [model for model in dataset.models if model.name == "postev-bkg"]
     return dataset

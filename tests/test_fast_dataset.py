@@ -29,12 +29,11 @@ from gammapy.modeling.models import (
 from gpsfast.accelerate import accelerated
 from gpsfast.errors import InputError
 from gpsfast.evaluate import FastDatasets, FastMapDataset, fast_dataset, fast_datasets
-from gpsfast.simulate import make_survey
 
 
 @pytest.fixture(scope="module")
-def base_dataset():
-    datasets, _ = make_survey(width=1.5 * u.deg, height=1 * u.deg, presets="postev", seed=11)
+def base_dataset(postev_patch):
+    datasets, _ = postev_patch()
     dataset = datasets["postev"]
     dataset.models = None
     return dataset

@@ -32,7 +32,6 @@ from gpsfast.groups import (
     run_fit,
     source_extent,
 )
-from gpsfast.simulate import make_survey
 
 # name, glon, glat (deg), Gaussian sigma (deg; None: point source), amplitude at 1 TeV (cm-2 s-1 TeV-1)
 SOURCES = [
@@ -55,10 +54,9 @@ def source(name, lon, lat, sigma=None, amplitude=1e-12, index=2.3):
     return SkyModel(spatial_model=spatial, spectral_model=spectral, name=name)
 
 
-def simulate(presets="postev", seed=3):
+def simulate(survey_cache, presets="postev", seed=3):
     """A 2 x 1 deg patch (CTA-like IRFs) with the SOURCES faked on a FoV background."""
-    datasets, _ = make_survey(width=2 * u.deg, height=1 * u.deg, presets=presets, seed=seed,
-                              density=0.01 / u.deg**2)
+    datasets, _ = survey_cache(2, 1, presets=presets, seed=seed, density=0.01)
     models = Models([source(*spec) for spec in SOURCES])
     models.extend(FoVBackgroundModel(dataset_name=d.name) for d in datasets)
     for k, dataset in enumerate(datasets):
@@ -68,8 +66,8 @@ def simulate(presets="postev", seed=3):
 
 
 @pytest.fixture(scope="module")
-def patch():
-    return simulate()
+def patch(survey_cache):
+    return simulate(survey_cache)
 
 
 def fresh_models(patch):
@@ -238,8 +236,8 @@ def test_wrapped_longitude_converges_to_the_same_position(patch, group_fit):
         assert_allclose(fitted[name].error, reference[name].error, rtol=0.05)
 
 
-def test_joint_subtev_postev_cutouts_share_the_group_models():
-    datasets, models = simulate(presets="both")
+def test_joint_subtev_postev_cutouts_share_the_group_models(survey_cache):
+    datasets, models = simulate(survey_cache, presets="both")
     group = next(g for g in make_groups(models) if g.names == ("p2",))
     task = make_group_task(datasets, models, group)
     assert all(cutout.models is None for cutout in task.cutouts)  # the outer npred is left to the worker

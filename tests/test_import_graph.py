@@ -26,7 +26,8 @@ the step that splits those modules empties the list. None is left today.
 """
 
 LAYERS = [
-    ("gpsfast._version", "gpsfast.errors", "gpsfast.kernels", "gpsfast.pixels", "gpsfast.twins", "gpsfast.utils"),
+    ("gpsfast._version", "gpsfast.errors", "gpsfast.kernels", "gpsfast.parallel", "gpsfast.pixels", "gpsfast.twins",
+     "gpsfast.utils"),
     ("gpsfast._compat",),
     ("gpsfast.irf",),
     ("gpsfast.models",),
@@ -44,10 +45,7 @@ LAYERS = [
 A name stands for the module and its sub-modules; ``gpsfast``, the package itself, for its ``__init__`` only.
 """
 
-KNOWN_UPWARD_IMPORTS = {
-    # ``from .. import __version__``: to become ``from .._version import __version__`` (the detect owner's file)
-    ("gpsfast.detect.classify", "gpsfast"),
-}
+KNOWN_UPWARD_IMPORTS = set()
 """Imports of a higher layer left to the owners of those files (each an (importer, imported) pair)."""
 
 # third-party packages loaded before the modules are imported one by one (`test_every_module_imports_alone`)

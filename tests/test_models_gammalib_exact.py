@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import astropy.units as u
 from astropy.coordinates import SkyCoord
+from astropy.time import Time
 
 from gpsfast.models import read_xml
 
@@ -373,15 +374,21 @@ def test_gz_fallback_for_maps_cubes_and_curves(tmp_path, odd_map):
     path, _, _ = odd_map
     Table({"TIME": [0.0, 100.0], "NORM": [1.0, 2.0]}, meta={"MJDREFI": 51544, "MJDREFF": 0.5}).write(
         tmp_path / "lc.fits")
+    spatial = '<spatialModel type="DiffuseMap" file="map.fits">' + par("Normalization", 1.0) + "</spatialModel>"
+    temporal = '<temporal type="LightCurve" file="lc.fits">' + par("Normalization", 1.0) + "</temporal>"
+    library = source(spatial, temporal=temporal, kind="DiffuseSource")
+    plain = read_xml(write_lib(tmp_path, library, name="plain.xml"))[0]
     for name in ("map.fits", "lc.fits"):
         with open(tmp_path / name, "rb") as raw, gzip.open(tmp_path / f"{name}.gz", "wb") as packed:
             shutil.copyfileobj(raw, packed)
         (tmp_path / name).unlink()
-    spatial = '<spatialModel type="DiffuseMap" file="map.fits">' + par("Normalization", 1.0) + "</spatialModel>"
-    temporal = '<temporal type="LightCurve" file="lc.fits">' + par("Normalization", 1.0) + "</temporal>"
-    model = read_xml(write_lib(tmp_path, source(spatial, temporal=temporal, kind="DiffuseSource")))[0]
+    model = read_xml(write_lib(tmp_path, library))[0]
     assert model.spatial_model.filename.endswith("map.fits.gz") and model.temporal_model.filename.endswith(".gz")
-    assert model.spatial_model.total_flux > 0
+    # the same map and light curve as from the uncompressed files
+    assert model.spatial_model.total_flux == plain.spatial_model.total_flux
+    np.testing.assert_array_equal(model.spatial_model.map.data, plain.spatial_model.map.data)
+    times = Time(51544.5 + np.array([0.0, 50.0, 100.0]) / 86400, format="mjd", scale="tt")
+    np.testing.assert_array_equal(model.temporal_model(times), plain.temporal_model(times))
 
 
 # ----------------------------------------------------------------- GModelSpatialRadialProfile(Gauss).cpp

@@ -12,13 +12,12 @@ from gpsfast.detect import SeedCatalog
 from gpsfast.models import read_catalog
 from gpsfast.pipeline import PipelineConfig, run_pipeline
 from gpsfast.pipeline.report import _false_seeds
-from gpsfast.simulate import make_survey
 
 
 @pytest.fixture(scope="module")
-def dataset_file(tmp_path_factory):
+def dataset_file(tmp_path_factory, postev_patch):
     """A simulated 1.5 x 1 deg PosTeV dataset written as a gammapy MapDataset FITS file."""
-    datasets, _ = make_survey(width=1.5 * u.deg, height=1 * u.deg, presets="postev", seed=7)
+    datasets, _ = postev_patch()
     path = tmp_path_factory.mktemp("files") / "postev.fits"
     datasets[0].write(path)
     return path

@@ -388,7 +388,9 @@ def test_region_and_dict_round_trip():
     assert new.tag == model.tag
 
     bkg = FoVBackgroundModel(spatial_model=model, dataset_name="test")
-    assert FoVBackgroundModel.from_dict(bkg.to_dict()).spatial_model is not None
+    spatial = FoVBackgroundModel.from_dict(bkg.to_dict()).spatial_model
+    assert isinstance(spatial, GammapyModel)  # read back by tag: gammapy's class (same formula)
+    assert spatial.parameters.value.tolist() == model.parameters.value.tolist()
 
 
 def test_plot_error():

@@ -1,7 +1,7 @@
 import astropy.units as u
 import numpy as np
 import pytest
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import Angle, SkyCoord
 
 from gpsfast.errors import InputError
 from gpsfast.irf import effective_area, make_cta_like_irfs
@@ -44,7 +44,7 @@ def test_unknown_preset():
 def test_pointings_rows(patch_center):
     pointings = make_pointings(patch_center, 10 * u.deg, 6 * u.deg, 3.5 * u.deg)
     assert set(np.round(pointings["glat"].data, 6)) == {-1.5, 0, 1.5}
-    lon = ((pointings["glon"].data + 180) % 360) - 180
+    lon = Angle(pointings["glon"]).wrap_at(180 * u.deg).deg
     on_plane = np.sort(lon[pointings["glat"].data == 0])
     np.testing.assert_allclose(np.diff(on_plane), 1.5)
     assert lon.min() > -5 - 3.5 and lon.max() < 5 + 3.5

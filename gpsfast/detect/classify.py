@@ -12,7 +12,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InputError
 from .associate import associate
 from .catalog import SeedCatalog

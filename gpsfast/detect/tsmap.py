@@ -8,6 +8,7 @@ from gammapy.maps import Map
 from numba import parallel_chunksize
 from scipy import ndimage
 
+from .._compat import dataset_geom
 from ..kernels.tsmap import QUANTITIES, RTOL_MIN, ts_map
 from .excess import _fingerprint, _wcs_key
 
@@ -276,7 +277,7 @@ class TSMapEstimator(GammapyTSMapEstimator):
             key = (
                 _model_key(self.kernel_model.spectral_model),
                 _geom_key(dataset.exposure.geom),
-                _geom_key(dataset._geom),
+                _geom_key(dataset_geom(dataset)),
                 str(dataset.exposure.unit),
                 _fingerprint(dataset.exposure.data),
                 _irf_key(dataset.edisp),

@@ -1,8 +1,8 @@
 """Sky-model interoperability: ctools/GammaLib XML, gammapy YAML and survey catalogue FITS.
 
 - `read_xml` / `write_xml`: ctools / GammaLib XML model files <-> gammapy
-  `~gammapy.modeling.models.Models` (conventions and the type mapping are in
-  `gpsfast.models.xmlio`).
+  `~gammapy.modeling.models.Models` (conventions, the type mapping and its
+  registry are in `gpsfast.models.xml`).
 - `write_catalog` / `read_catalog` / `SurveyCatalog`: the survey catalogue, a
   FITS table with one row per source that reads back into the same models;
   `read_catalog` also reads the CTA-GPS gammapy catalogue and H.E.S.S. HGPS
@@ -66,8 +66,7 @@ from .catalog import (
     write_catalog,
 )
 from .convert import convert
-from .xmlio import SUPPORTED_XML_TYPES, read_xml, read_xml_detailed
-from .xmlwrite import write_xml
+from .xml import SUPPORTED_XML_TYPES, read_xml, read_xml_detailed, write_xml
 from .yamlio import read_yaml_models, write_yaml_models
 
 __all__ = [

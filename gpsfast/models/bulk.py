@@ -16,8 +16,8 @@ file (~10,000 parameters) then needs an 800 MB matrix and ~40 s. Here:
 
 The objects returned are gammapy's own classes (``type(models) is Models``);
 ``to_yaml``, ``covariance`` when asked, fitting and model editing behave as in
-gammapy. The functions whose docstring says "private gammapy access" use
-gammapy internals and are the ones to adapt when gammapy changes.
+gammapy. The gammapy internals this needs are reached through `gpsfast._compat`
+(`~gpsfast._compat.new_models`, `~gpsfast._compat.init_with_shadows`, ...).
 """
 import collections
 import logging
@@ -28,8 +28,9 @@ import astropy.units as u
 from astropy.time import Time
 from gammapy.modeling import Parameter, Parameters
 from gammapy.modeling.covariance import Covariance
-from gammapy.modeling.models import Models, SkyModel, TemplateSpatialModel
+from gammapy.modeling.models import SkyModel, TemplateSpatialModel
 
+from .. import _compat
 from ..errors import InputError
 
 __all__ = [
@@ -168,10 +169,6 @@ class BlockCovariance(Covariance):
 def build_models(models):
     """gammapy ``Models`` of ``models`` without the dense covariance of all parameters.
 
-    Private gammapy access: sets ``Models._models``, ``_background_models``
-    (``gammapy.modeling.models.core._check_fov_background_models``) and
-    ``_covariance`` on a ``Models([])`` made by gammapy's own constructor.
-
     Parameters
     ----------
     models : list of `~gammapy.modeling.models.SkyModel` / `~gammapy.modeling.models.FoVBackgroundModel`
@@ -180,30 +177,25 @@ def build_models(models):
     Returns
     -------
     models : `~gammapy.modeling.models.Models`
-        A plain gammapy ``Models`` whose covariance is a `BlockCovariance`.
+        A plain gammapy ``Models`` whose covariance is a `BlockCovariance`
+        (`gpsfast._compat.new_models`).
     """
-    from gammapy.modeling.models.core import _check_fov_background_models
-
     models = list(models)
     counts = collections.Counter(m.name for m in models)
     dupes = sorted(name for name, n in counts.items() if n > 1)
     if dupes:
         raise InputError(f"duplicate model names: {', '.join(dupes)}")
-    result = Models([])
-    result._models = models
-    result._background_models = _check_fov_background_models(models)
-    result._covariance = BlockCovariance(Parameters.from_stack([m.parameters for m in models]))
-    return result
+    return _compat.new_models(models, BlockCovariance(Parameters.from_stack([m.parameters for m in models])))
 
 
 def models_from_dict(data, path=""):
     """gammapy ``Models.from_dict`` without the dense covariance, keeping referenced file names absolute.
 
-    Private gammapy access: ``gammapy.modeling.models.MODEL_REGISTRY`` and
-    ``gammapy.modeling.models.core._recursive_dict_filename_update`` /
-    ``_set_models_link`` (model links such as ``link: shared-index``). Unlike
-    gammapy, a file found next to the YAML file keeps its full path, so the
-    models can be written again from any working directory.
+    As gammapy's: classes from ``gammapy.modeling.models.MODEL_REGISTRY``, file
+    names completed (`gpsfast._compat.update_filenames`), model links such as
+    ``link: shared-index`` (`gpsfast._compat.link_models`). Unlike gammapy, a
+    file found next to the YAML file keeps its full path, so the models can be
+    written again from any working directory.
 
     Parameters
     ----------
@@ -217,14 +209,13 @@ def models_from_dict(data, path=""):
     models : `~gammapy.modeling.models.Models`
     """
     from gammapy.modeling.models import MODEL_REGISTRY
-    from gammapy.modeling.models.core import _recursive_dict_filename_update, _set_models_link
     from gammapy.utils.scripts import make_path
 
     path = make_path(path)
     models = []
     for component in data["components"]:
         model_cls = MODEL_REGISTRY.get_cls(component["type"])
-        _recursive_dict_filename_update(component, path)
+        _compat.update_filenames(component, path)
         models.append(model_cls.from_dict(component))
     models = build_models(models)
     if "covariance" in data:
@@ -234,7 +225,7 @@ def models_from_dict(data, path=""):
             models.read_covariance(folder, name, format="ascii.fixed_width")
         except ValueError as exc:
             log.warning("covariance file %s not read (%s): covariance from the parameter errors", filename, exc)
-    _set_models_link(models)
+    _compat.link_models(models)
     return models
 
 
@@ -260,8 +251,9 @@ def build_component(cls, **kwargs):
     (~0.2 ms a model) and then drops the copies of the parameters given.
     When every parameter is given as a `~gammapy.modeling.Parameter` and the
     class keeps gammapy's ``__init__``, the copy is skipped; otherwise this
-    is ``cls(**kwargs)``. Private gammapy access: an instance attribute
-    ``default_parameters`` shadows the class's during ``__init__``.
+    is ``cls(**kwargs)``. An instance attribute ``default_parameters`` (the
+    defaults, not copied) shadows the class's during ``__init__``
+    (`gpsfast._compat.init_with_shadows`).
 
     Returns
     -------
@@ -270,19 +262,7 @@ def build_component(cls, **kwargs):
     defaults = cls.default_parameters
     if not _plain_init(cls) or not all(isinstance(kwargs.get(name), Parameter) for name in defaults.names):
         return cls(**kwargs)
-    model = cls.__new__(cls)
-    shared = _SharedParameters(list(defaults))
-    model.default_parameters = shared
-    try:
-        cls.__init__(model, **kwargs)
-    finally:
-        if model.__dict__.get("default_parameters") is shared:
-            del model.__dict__["default_parameters"]
-    return model
-
-
-def _skip_unit_check():
-    return None
+    return _compat.init_with_shadows(cls, {"default_parameters": _SharedParameters(list(defaults))}, **kwargs)
 
 
 _CHECK_TIME = Time(55555, format="mjd")
@@ -305,9 +285,8 @@ def build_sky_model(spectral_model, spatial_model=None, temporal_model=None, nam
     The unit check here is the same as gammapy's for an analytic spatial model
     (surface brightness in sr-1) and a dimensionless temporal model: the
     spectrum at 1 TeV must be a differential flux. Other combinations (map
-    templates, foreign temporal models) go through gammapy's own check.
-    Private gammapy access: shadows ``SkyModel._check_unit`` on the instance
-    while ``SkyModel.__init__`` runs.
+    templates, foreign temporal models) go through gammapy's own check
+    (`gpsfast._compat.sky_model_without_unit_check` otherwise).
 
     Returns
     -------
@@ -320,10 +299,4 @@ def build_sky_model(spectral_model, spatial_model=None, temporal_model=None, nam
     unit = u.Quantity(spectral_model(_CHECK_ENERGY)).unit
     if not unit.is_equivalent(_DIFF_FLUX):
         raise ValueError(f"SkyModel unit {unit} is not equivalent to cm-2 s-1 MeV-1")
-    model = SkyModel.__new__(SkyModel)
-    model._check_unit = _skip_unit_check
-    try:
-        SkyModel.__init__(model, **kwargs)
-    finally:
-        del model.__dict__["_check_unit"]
-    return model
+    return _compat.sky_model_without_unit_check(**kwargs)

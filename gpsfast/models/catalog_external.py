@@ -50,7 +50,7 @@ from gammapy.modeling.models import (
 
 from ..errors import InputError
 from .bulk import build_models
-from .xml_common import align
+from .xml.common import align
 
 __all__ = ["catalogue_schema", "read_cta_gps_catalog", "read_hgps_catalog", "CTA_GPS_COLUMNS"]
 

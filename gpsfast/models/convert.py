@@ -7,8 +7,7 @@ from gammapy.modeling.models import FoVBackgroundModel, SkyModel
 
 from ..errors import InputError
 from .catalog import read_catalog_detailed, write_catalog
-from .xmlio import read_xml_detailed
-from .xmlwrite import write_xml
+from .xml import read_xml_detailed, write_xml
 from .yamlio import read_yaml_models, write_yaml_models
 
 __all__ = ["convert"]

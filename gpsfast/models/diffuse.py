@@ -40,8 +40,8 @@ from astropy.io import fits
 from gammapy.maps import WcsGeom, WcsNDMap
 from gammapy.modeling import Parameter
 from gammapy.modeling.models import SPATIAL_MODEL_REGISTRY, TemplateSpatialModel
-from gammapy.modeling.models.core import _build_parameters_from_dict
 
+from .._compat import parameters_from_dict
 from ..errors import InputError
 
 __all__ = [
@@ -339,7 +339,7 @@ class GammaLibDiffuseMapSpatialModel(TemplateSpatialModel):
     @classmethod
     def from_dict(cls, data, **kwargs):
         data = data["spatial"]
-        parameters = _build_parameters_from_dict(data["parameters"], cls.default_parameters)
+        parameters = parameters_from_dict(data["parameters"], cls.default_parameters)
         return cls.read(data["filename"], normalize=data.get("normalize", True),
                         **{p.name: p for p in parameters})
 
@@ -448,7 +448,7 @@ class GammaLibDiffuseCubeSpatialModel(TemplateSpatialModel):
     @classmethod
     def from_dict(cls, data, **kwargs):
         data = data["spatial"]
-        parameters = _build_parameters_from_dict(data["parameters"], cls.default_parameters)
+        parameters = parameters_from_dict(data["parameters"], cls.default_parameters)
         return cls.read(data["filename"], **{p.name: p for p in parameters})
 
 

@@ -422,6 +422,11 @@ class GammaLibCompositeSpatialModel(SpatialModel):
         super().__init__(frame=self.models[0].frame)
 
     @property
+    def scales(self):
+        """The component weights (``scale_<i>`` parameters), in component order."""
+        return list(self._scales)
+
+    @property
     def parameters(self):
         pars = list(self._scales)
         for model in self.models:

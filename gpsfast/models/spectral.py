@@ -16,8 +16,8 @@ from gammapy.modeling.models import (
     PowerLaw2SpectralModel,
     SpectralModel,
 )
-from gammapy.modeling.models.core import _build_parameters_from_dict
 
+from .._compat import parameters_from_dict
 from ..errors import InputError
 
 __all__ = [
@@ -377,7 +377,7 @@ class FileFunctionSpectralModel(SpectralModel):
         data = data["spectral"]
         energy = u.Quantity(data["energy"]["data"], data["energy"]["unit"])
         values = u.Quantity(data["values"]["data"], data["values"]["unit"])
-        pars = _build_parameters_from_dict(data["parameters"], cls.default_parameters)
+        pars = parameters_from_dict(data["parameters"], cls.default_parameters)
         return cls(energy, values, norm=pars["norm"], filename=data.get("filename"))
 
 

@@ -11,7 +11,6 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 from gammapy.modeling import Parameter
-from gammapy.modeling.models.core import _build_parameters_from_dict
 from gammapy.modeling.models import (
     TEMPORAL_MODEL_REGISTRY,
     ConstantTemporalModel,
@@ -19,6 +18,7 @@ from gammapy.modeling.models import (
     TemporalModel,
 )
 
+from .._compat import parameters_from_dict, phase_curve_phase
 from ..errors import InputError
 
 __all__ = [
@@ -147,7 +147,7 @@ class GammaLibPhaseCurveTemporalModel(TemplatePhaseCurveTemporalModel):
             raise InputError(f"{path}: {exc}") from None
 
     def evaluate(self, time, norm, t_ref, phi_ref, f0, f1, f2):
-        phase, _ = self._time_to_phase(time, t_ref, phi_ref, f0, f1, f2)
+        phase, _ = phase_curve_phase(time, t_ref, phi_ref, f0, f1, f2)
         values = np.interp(phase, self.table["PHASE"].data, self.table["NORM"].data)
         return norm * values * u.one
 
@@ -160,7 +160,7 @@ class GammaLibPhaseCurveTemporalModel(TemplatePhaseCurveTemporalModel):
     @classmethod
     def from_dict(cls, data, **kwargs):
         temporal = data["temporal"]
-        pars = _build_parameters_from_dict(temporal["parameters"], cls.default_parameters)
+        pars = parameters_from_dict(temporal["parameters"], cls.default_parameters)
         kwargs = {p.name: p for p in pars}
         kwargs["scale"] = temporal.get("scale", "tt")
         return cls.read(temporal["filename"], normalize=temporal.get("normalize", True), **kwargs)
@@ -228,7 +228,7 @@ class GammaLibLightCurveTemporalModel(TemporalModel):
     @classmethod
     def from_dict(cls, data, **kwargs):
         temporal = data["temporal"]
-        pars = _build_parameters_from_dict(temporal["parameters"], cls.default_parameters)
+        pars = parameters_from_dict(temporal["parameters"], cls.default_parameters)
         return cls(temporal["filename"], norm=pars["norm"], scale=temporal.get("scale", "tt"))
 
 

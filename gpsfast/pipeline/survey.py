@@ -15,9 +15,9 @@ settings (configuration, longitude range, ROI size and overlap) in
 strip datasets and each ROI's cutouts are keyed by the settings that made them
 and made again when these differ.
 """
+import contextlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -25,14 +25,15 @@ import astropy.units as u
 import joblib
 import numpy as np
 import yaml
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import Angle, SkyCoord
 from astropy.table import Table, vstack
 from gammapy.modeling.models import Models
 
 from ..errors import InputError, RunError
 from ..models import read_catalog, write_xml
 from ..simulate import make_survey, read_survey, write_survey
-from ..utils import atomic_output, check_writable_dir, exit_with_parent, folder_lock, write_atomic, write_text_atomic
+from ..parallel import WorkerDied, run_tasks
+from ..utils import atomic_output, check_writable_dir, folder_lock, write_atomic, write_text_atomic
 from .config import PipelineConfig
 from .folder import RunState, remove_outputs, settings_key
 from .run import _input_digests, _input_files, _settings, run_pipeline
@@ -175,79 +176,58 @@ def _run_roi(config):
     return str(config.output)
 
 
-def _roi_task(function, index, config, parent):
-    """Run one ROI with ``function`` (`_run_roi`); its index and error message (None if it succeeded).
-
-    In a loky worker, the worker ends when ``parent`` dies (`gpsfast.utils.exit_with_parent`).
-    """
-    exit_with_parent(parent)
+def _roi_task(task):
+    """Run one ROI, ``function(config)`` for a ``(function, config)`` pair: None, or its error on one line."""
+    function, config = task
     try:
         function(config)
-        return index, None
+        return None
     except Exception as exc:  # noqa: BLE001  reported for this ROI; the other ROIs go on
-        return index, f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
-def _loky(items, n_jobs):
-    """Results of `_roi_task` in a loky pool, as they finish; a dead worker raises from the pool."""
-    parallel = joblib.Parallel(n_jobs=min(n_jobs, len(items)), backend="loky", return_as="generator_unordered")
-    yield from parallel(joblib.delayed(_roi_task)(_run_roi, index, config, os.getpid()) for index, config in items)
+@contextlib.contextmanager
+def _cluster(backend, n_jobs, scheduler):
+    """The dask client of a ``dask`` survey (the cluster at ``scheduler``, else a local one of ``n_jobs`` workers).
 
-
-def _dask(items, n_jobs, scheduler):
-    """Results of `_roi_task` on a dask cluster; a ROI that keeps killing workers is an error result."""
+    None for the other backends; the client is closed when the block ends.
+    """
+    if backend != "dask":
+        yield None
+        return
     import distributed
 
     client = distributed.Client(scheduler) if scheduler else distributed.Client(
         processes=True, n_workers=n_jobs, threads_per_worker=1)
     with client:
-        futures = {client.submit(_roi_task, _run_roi, index, config, os.getpid(), pure=False): index
-                   for index, config in items}
-        for future in distributed.as_completed(list(futures)):
-            try:
-                yield future.result()
-            except Exception as exc:  # noqa: BLE001  KilledWorker and other cluster errors
-                yield futures[future], f"worker died: {type(exc).__name__}: {exc}"
+        yield client
 
 
 def _run_all(configs, n_jobs, backend, scheduler):
     """Run every ROI; ROI index -> error message of the ROIs that failed, and the pool failures seen.
 
-    In a loky pool, a dead worker breaks the pool: the unfinished ROIs are run in a
-    fresh pool (finished stages are not redone), then, after a second failure, each
-    alone in a fresh worker; a ROI whose worker dies then is reported failed.
+    The ROIs run through `gpsfast.parallel.run_tasks`: in a loky pool, a dead
+    worker breaks the pool; the unfinished ROIs are run in a fresh pool (finished
+    stages are not redone), then, after a second failure, each alone in a fresh
+    worker; a ROI whose worker dies then is reported failed. On dask, a ROI that
+    keeps killing workers is reported failed.
     """
-    pending = dict(enumerate(configs))
     failed, pool_failures = {}, []
 
-    def record(index, error):
-        pending.pop(index)
-        if error:
-            failed[index] = error
+    def pool_failed(exc, n_unfinished, last):
+        pool_failures.append(f"{type(exc).__name__}: {exc}".split("\n")[0])
+        log.warning("ROI worker pool failed (%s); running the %d unfinished ROIs again%s", pool_failures[-1],
+                    n_unfinished, ", one at a time" if last else "")
 
-    if backend == "dask":
-        for index, error in _dask(list(pending.items()), n_jobs, scheduler):
-            record(index, error)
-        return failed, pool_failures
-    if n_jobs == 1:
-        for index, config in list(pending.items()):
-            record(*_roi_task(_run_roi, index, config, os.getpid()))
-        return failed, pool_failures
-    for attempt in (1, 2):
-        try:
-            for index, error in _loky(list(pending.items()), n_jobs):
-                record(index, error)
-            return failed, pool_failures
-        except Exception as exc:  # noqa: BLE001  a dead worker: its pool is broken
-            pool_failures.append(f"{type(exc).__name__}: {exc}".split("\n")[0])
-            log.warning("ROI worker pool failed (%s); running the %d unfinished ROIs again%s", pool_failures[-1],
-                        len(pending), "" if attempt == 1 else ", one at a time")
-    for index, config in list(pending.items()):
-        try:
-            (result,) = _loky([(index, config)], 2)
-            record(*result)
-        except Exception as exc:  # noqa: BLE001  its worker died again, alone
-            record(index, f"worker died: {type(exc).__name__}: {exc}".split("\n")[0])
+    with _cluster(backend, n_jobs, scheduler) as client:
+        outcomes = run_tasks(_roi_task, range(len(configs)), lambda index: (_run_roi, configs[index]),
+                             n_jobs=min(n_jobs, max(1, len(configs))), client=client, pool_attempts=2,
+                             on_pool_failure=pool_failed)
+        for index, outcome in outcomes:
+            if isinstance(outcome, WorkerDied):
+                failed[index] = outcome.message.split("\n")[0]
+            elif outcome:
+                failed[index] = outcome
     return failed, pool_failures
 
 
@@ -257,8 +237,7 @@ def _core_rows(roi, pipeline_folder):
     if not path.is_file():
         return None
     table = Table.read(path, hdu="CATALOG", mask_invalid=False)
-    lon = np.asarray(table["GLON"], dtype=float)
-    lon = (lon + 180.0) % 360.0 - 180.0
+    lon = Angle(np.asarray(table["GLON"], dtype=float), "deg").wrap_at(180 * u.deg).deg
     table = table[(roi["core_min"] <= lon) & (lon < roi["core_max"])]
     prefix = f"{roi['name']}-"
     table["Source_Name"] = [prefix + str(name).strip() for name in table["Source_Name"]]
